@@ -1,5 +1,7 @@
 """ppl_vae: variational autoencoders as Pyro programs."""
 
+from .data import DataSplits, load_dataset
+from .estimators import LogLikelihood, elbo, log_likelihood
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -8,18 +10,30 @@ from .likelihoods import (
 )
 from .model import PRESETS, VAE, build_vae
 from .nets import MLP, GaussianEncoder
+from .objectives import AnalyticKLELBO, make_objective
 from .priors import NormalPrior, make_prior
+from .train import FitConfig, FitResult, fit
 
 __all__ = [
+    "MLP",
     "PRESETS",
     "VAE",
+    "AnalyticKLELBO",
     "BernoulliLikelihood",
     "ContinuousBernoulliLikelihood",
+    "DataSplits",
     "Decoder",
+    "FitConfig",
+    "FitResult",
     "GaussianEncoder",
     "GaussianLikelihood",
-    "MLP",
+    "LogLikelihood",
     "NormalPrior",
     "build_vae",
+    "elbo",
+    "fit",
+    "load_dataset",
+    "log_likelihood",
+    "make_objective",
     "make_prior",
 ]

@@ -229,10 +229,10 @@ def _load_arrays(path: Path, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple[i
     image_shape = tuple(arrays["train"].shape[1:]) if arrays["train"].ndim == 3 else None
     scale = 255.0 if arrays["train"].dtype == np.uint8 else 1.0
     t = {k: torch.from_numpy(v.reshape(len(v), -1) / scale).float() for k, v in arrays.items()}
-    if "val" not in t or "test" not in t:
-        n = len(t["train"])
-        n_hold = max(1, n // 10)
-        tr, va, te = _split(t["train"], (n_hold, n_hold), seed)
+    hold = max(1, len(t["train"]) // 10)  # split off the splits the file lacks, 10% each
+    sizes = (0 if "val" in t else hold, 0 if "test" in t else hold)
+    if any(sizes):
+        tr, va, te = _split(t["train"], sizes, seed)
         t = {"train": tr, "val": t.get("val", va), "test": t.get("test", te)}
     return t["train"], t["val"], t["test"], image_shape
 

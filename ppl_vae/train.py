@@ -30,21 +30,30 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
+def _opt(default: Any, help: str) -> Any:
+    """A dataclass field whose ``help`` becomes the CLI flag's help text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """How :func:`fit` trains. Every field is a CLI flag of ``ppl-vae train``."""
 
-    epochs: int = 10  # passes over the training data
-    batch_size: int = 100  # data points per optimisation step
-    lr: float = 1e-3  # Adam's learning rate
-    objective: str = "auto"  # see ppl_vae.objectives.OBJECTIVES; auto = analytic KL if possible
-    particles: int = 1  # draws per data point; the K of the IWAE bound
-    seed: int = 0  # seeds initial noise, shuffling, dynamic binarization, particles
-    patience: int | None = None  # stop after this many epochs without a better validation loss
-    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends only)
-    engine: str = "fast"  # "fast": Pyro ELBO + torch Adam; "svi": pyro.infer.SVI + pyro.optim
-    progress: bool = True  # progress bar and a line per epoch
-    eval_batch_size: int = 1000  # data points per validation batch
+    epochs: int = _opt(10, "passes over the training data")
+    batch_size: int = _opt(100, "data points per optimisation step")
+    lr: float = _opt(1e-3, "Adam's learning rate")
+    objective: str = _opt(
+        "auto",
+        "mean-field (analytic KL), elbo (Monte Carlo KL), stl, iwae, iwae-dreg; "
+        "auto: mean-field where the prior allows it, else elbo",
+    )
+    particles: int = _opt(1, "draws per data point; the K of the IWAE bound")
+    seed: int = _opt(0, "seeds the initial noise, shuffling, dynamic binarization and draws")
+    patience: int | None = _opt(None, "stop after this many epochs without a better val loss")
+    checkpoint_every: int = _opt(0, "also checkpoint every N steps in an epoch (0: epoch ends)")
+    engine: str = _opt("fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI")
+    progress: bool = _opt(True, "show a progress bar and a line per epoch")
+    eval_batch_size: int = _opt(1000, "data points per validation batch")
 
 
 # Fields that may change between an interrupted run and its resumption.
@@ -185,7 +194,7 @@ def fit(
         optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
 
     result = FitResult()
-    epoch, step_in_epoch, bad_epochs, perm = 0, 0, 0, None
+    epoch, step_in_epoch, bad_epochs, perm, total = 0, 0, 0, None, 0.0
     best_state: dict[str, Tensor] | None = None
     path = Path(out) / CHECKPOINT if out is not None else None
 
@@ -216,6 +225,7 @@ def fit(
         set_rng_state(state["rng"])
         gen.set_state(state["data_rng"])
         epoch, step_in_epoch, perm = state["epoch"], state["step_in_epoch"], state["perm"]
+        total = state["epoch_loss_sum"]
         result.history = state["history"]
         result.best_val_loss, bad_epochs = state["best_val_loss"], state["bad_epochs"]
         best_state = state["best_state"]
@@ -235,6 +245,7 @@ def fit(
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "perm": perm,
+            "epoch_loss_sum": total,
             "history": result.history,
             "best_val_loss": result.best_val_loss,
             "bad_epochs": bad_epochs,
@@ -260,7 +271,7 @@ def fit(
                     vae.on_epoch_start(epoch, config.epochs)
                 if perm is None:
                     perm = torch.randperm(len(train), generator=gen, device=device)
-                started, total = time.perf_counter(), 0.0
+                started = time.perf_counter()
                 bar = tqdm(
                     range(step_in_epoch, n_batches),
                     desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -298,7 +309,7 @@ def fit(
                     vae.train()
                 record["seconds"] = time.perf_counter() - started
                 result.history.append(record)
-                epoch, step_in_epoch, perm = epoch + 1, 0, None
+                epoch, step_in_epoch, perm, total = epoch + 1, 0, None, 0.0
                 current = record.get("val_loss", record["train_loss"])
                 if current < result.best_val_loss:
                     result.best_val_loss, bad_epochs = current, 0

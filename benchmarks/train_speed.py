@@ -1,0 +1,135 @@
+"""Milliseconds per optimisation step: ppl_vae.fit against a hand-written PyTorch VAE loop.
+
+Every variant trains the seed network (784-300-300-50, softplus, Bernoulli) with batch 100 on
+the same binarized MNIST rows, one epoch per measurement, the variants interleaved in one
+process; the table shows the median over repeats and the ratio to plain PyTorch. With
+``--quality`` it also trains ppl_vae and plain PyTorch for 10 epochs and compares test NLL.
+
+    python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--repeats 7] [--quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI, TraceMeanField_ELBO
+
+from ppl_vae import build_vae, fit
+from ppl_vae.data import load_dataset
+from ppl_vae.estimators import log_likelihood
+
+
+def plain_epoch(vae, opt, x, gen, batch_size=100):
+    """The hand-written reference: the same network and loss, no Pyro."""
+    perm = torch.randperm(len(x), generator=gen)
+    for i in range(0, len(x), batch_size):
+        xb = torch.bernoulli(x[perm[i : i + batch_size]], generator=gen)
+        q = vae.encoder(xb)
+        z = q.rsample()
+        kl = torch.distributions.kl_divergence(q, vae.prior())
+        loss = -(vae.decoder(z).log_prob(xb) - kl).sum() / len(xb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def svi_epoch(svi, x, gen, batch_size=100):
+    """Bare Pyro: SVI + TraceMeanField_ELBO + pyro.optim.Adam, as Pyro's VAE example does."""
+    perm = torch.randperm(len(x), generator=gen)
+    for i in range(0, len(x), batch_size):
+        svi.step(torch.bernoulli(x[perm[i : i + batch_size]], generator=gen))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data/mnist")
+    parser.add_argument("--rows", type=int, default=10_000, help="training rows per epoch")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--quality", action="store_true", help="also compare 10-epoch NLL")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pyro.enable_validation(False)
+    if Path(args.data_dir).is_dir():
+        data = load_dataset("mnist", data_dir=args.data_dir)
+    else:
+        data = load_dataset("mnist5k")
+    x = data.train[: args.rows]
+    train_only = dataclasses.replace(data, train=x, val=None)  # dynamic binarization, no val
+    steps = -(-len(x) // 100)
+    torch.manual_seed(0)
+    base = build_vae(784)
+
+    def clone():
+        return copy.deepcopy(base)
+
+    plain_vae, fast_vae, svi_fit_vae, svi_vae = clone(), clone(), clone(), clone()
+    plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
+    svi = SVI(svi_vae.model, svi_vae.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+    gens = {k: torch.Generator().manual_seed(0) for k in ("plain", "svi")}
+    variants = {
+        "plain PyTorch (hand-written loop)": lambda: plain_epoch(
+            plain_vae, plain_opt, x, gens["plain"]
+        ),
+        "ppl_vae.fit (default: analytic-KL ELBO, fast engine)": lambda: fit(
+            fast_vae, train_only, epochs=1, progress=False
+        ),
+        "ppl_vae.fit(engine='svi') (pyro.infer.SVI inside fit)": lambda: fit(
+            svi_fit_vae, train_only, epochs=1, engine="svi", progress=False
+        ),
+        "bare Pyro SVI + TraceMeanField_ELBO": lambda: svi_epoch(svi, x, gens["svi"]),
+    }
+    times = {name: [] for name in variants}
+    for run in variants.values():  # warm-up
+        run()
+    for _ in range(args.repeats):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) / steps * 1e3)
+    ref = statistics.median(times["plain PyTorch (hand-written loop)"])
+    print(
+        f"\n{len(x)} rows, batch 100, {steps} steps per epoch, median of {args.repeats}; "
+        f"torch {torch.__version__}, pyro {pyro.__version__}, {torch.get_num_threads()} threads"
+    )
+    print("\n| variant | ms per step | ratio to plain PyTorch | range of ratios |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        ratios = [
+            t / r for t, r in zip(ts, times["plain PyTorch (hand-written loop)"], strict=True)
+        ]
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.2f} | {med / ref:.3f} | {min(ratios):.2f}-{max(ratios):.2f} |")
+    if args.quality:
+        quality(data)
+
+
+def quality(data) -> None:
+    """10 epochs of each on the same rows; test NLL on 1,000 test images with K = 1000."""
+    torch.manual_seed(1)
+    base = build_vae(784)
+    ours, plain = copy.deepcopy(base), copy.deepcopy(base)
+    torch.manual_seed(2)
+    fit(ours, dataclasses.replace(data, val=None), epochs=10, progress=False)
+    opt, gen = torch.optim.Adam(plain.parameters(), lr=1e-3), torch.Generator().manual_seed(2)
+    for _ in range(10):
+        plain_epoch(plain, opt, data.train, gen)
+    test = data.test[:1000]
+    print("\n| 10 epochs, seed network | test NLL (K=1000, 1,000 test images) |")
+    print("|---|---|")
+    for name, vae in (("plain PyTorch", plain), ("ppl_vae.fit", ours)):
+        torch.manual_seed(3)
+        nll = -log_likelihood(vae.model, vae.guide, test, num_samples=1000).mean().item()
+        print(f"| {name} | {nll:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The ``ppl-vae`` command: train, evaluate, sample, reconstruct."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CheckpointError
+from .data import check_data
+from .estimators import elbo as elbo_per_point
+from .estimators import log_likelihood
+from .runs import (
+    RunConfig,
+    build_model,
+    check_features,
+    load_data,
+    load_run,
+    save_config,
+)
+from .train import FitConfig, fit
+from .viz import interleave, plot_curves, save_image_grid
+
+__all__ = ["main"]
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of a config dataclass, ``--field-name``, with the field's help."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "") + " (default: %(default)s)"
+        if f.type in ("bool", bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_
+            )
+            continue
+        kind = {"int": int, "float": float, "int | None": int, "str | None": str}.get(
+            str(f.type), str
+        )
+        parser.add_argument(flag, type=kind, default=f.default, help=help_)
+
+
+def _pick(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _evaluate(vae, x: torch.Tensor, num_samples: int, progress: bool) -> dict[str, float]:
+    """log p(x) with diagnostics, and the ELBO, averaged over the rows of ``x``."""
+    result = log_likelihood(
+        vae.model, vae.guide, x, num_samples=num_samples, diagnostics=True, progress=progress
+    )
+    summary = result.summary()
+    torch.manual_seed(0)
+    bound = elbo_per_point(vae.model, vae.guide, x, num_samples=1).mean().item()
+    return {
+        "log_likelihood": summary["log_px"],
+        "nll": summary["nll"],
+        "stderr": summary["stderr_of_mean"],
+        "elbo": bound,
+        "ess_fraction": summary["ess_fraction"],
+        "pareto_k_mean": summary["pareto_k"],
+        "share_pareto_k_above_0.7": summary["share_k_above_0.7"],
+        "num_samples": num_samples,
+        "num_points": len(x),
+    }
+
+
+def _pictures(vae, x: torch.Tensor, image_shape, out: Path, seed: int) -> list[Path]:
+    torch.manual_seed(seed)
+    nrow = 10
+    written = [
+        save_image_grid(
+            vae.sample(100),
+            image_shape,
+            out / "samples.png",
+            nrow,
+            "samples: mean of p(x|z), z ~ p(z)",
+        ),
+    ]
+    n = min(len(x), 50) // nrow * nrow
+    if n:
+        pairs = interleave(x[:n], vae.reconstruct(x[:n]), nrow)
+        written.append(
+            save_image_grid(
+                pairs,
+                image_shape,
+                out / "reconstructions.png",
+                nrow,
+                "test digits (odd rows) and reconstructions (even rows)",
+            )
+        )
+    return written
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    run, fit_config = _pick(RunConfig, args), _pick(FitConfig, args)
+    out = Path(args.out)
+    torch.manual_seed(fit_config.seed)
+    data = load_data(run, seed=fit_config.seed)
+    vae = build_model(run, data.x_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, run, fit_config, data.x_dim)
+    n_params = sum(p.numel() for p in vae.parameters())
+    print(
+        f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+        f"points of {data.x_dim} features; model with {n_params:,} parameters"
+    )
+    started = time.perf_counter()
+    result = fit(vae, data, config=fit_config, out=out, resume=args.resume)
+    seconds = time.perf_counter() - started
+    if result.stopped_early and fit_config.progress:
+        print(f"early stop: no better validation loss for {fit_config.patience} epochs")
+    print(f"estimating test log p(x) with {run.eval_samples} importance samples per point...")
+    test = _evaluate(vae, data.test.to(run.device), run.eval_samples, fit_config.progress)
+    metrics = {
+        "dataset": data.name,
+        "test": test,
+        "epochs": len(result.history),
+        "train_seconds": seconds,
+        "final": result.history[-1] if result.history else None,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    pictures = []
+    if data.image_shape is not None:
+        pictures = _pictures(vae, data.test.to(run.device), data.image_shape, out, fit_config.seed)
+    pictures.append(plot_curves(result.history, out / "curves.png"))
+    print(
+        f"test log p(x) = {test['log_likelihood']:.2f} +- {test['stderr']:.2f} nats "
+        f"(ELBO {test['elbo']:.2f}); Pareto k > 0.7 for "
+        f"{100 * test['share_pareto_k_above_0.7']:.1f}% of points"
+    )
+    print(
+        f"wrote {out / 'metrics.json'}, {out / 'checkpoint.pt'}, "
+        + ", ".join(str(p) for p in pictures)
+    )
+    return 0
+
+
+def _load_for_eval(args: argparse.Namespace):
+    vae, run, fit_config = load_run(args.run_dir, device=args.device)
+    if args.dataset is not None:
+        run = dataclasses.replace(
+            run, dataset=args.dataset, data_dir=args.data_dir or run.data_dir
+        )
+    data = load_data(run, seed=fit_config.seed)
+    x = getattr(data, args.split)
+    check_features(vae, x, f"the {run.dataset} {args.split} split")
+    check_data(x, binary=run.likelihood == "bernoulli", what=f"the {args.split} split")
+    return vae, run, fit_config, data, x.to(run.device)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    vae, run, _, data, x = _load_for_eval(args)
+    if args.limit:
+        x = x[: args.limit]
+    torch.manual_seed(args.seed)
+    metrics = _evaluate(vae, x, args.num_samples, progress=not args.json)
+    metrics = {"dataset": data.name, "split": args.split, **metrics}
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {text}")
+    return 0
+
+
+def _cmd_pictures(args: argparse.Namespace) -> int:
+    vae, run, fit_config, data, x = _load_for_eval(args)
+    if data.image_shape is None:
+        raise ValueError(f"{data.name} is not image data; there is nothing to draw")
+    torch.manual_seed(args.seed)
+    out = Path(args.output or Path(args.run_dir) / f"{args.command}.png")
+    if args.command == "sample":
+        images, title = vae.sample(args.n), "samples: mean of p(x|z), z ~ p(z)"
+    else:
+        n = max(10, args.n // 10 * 10)
+        images = interleave(x[:n], vae.reconstruct(x[:n]), 10)
+        title = f"{args.split} digits (odd rows) and reconstructions (even rows)"
+    save_image_grid(images, data.image_shape, out, 10, title)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ppl-vae`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ppl-vae",
+        description="Variational autoencoders as Pyro programs: train, evaluate log p(x), draw.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="train a VAE, estimate test log p(x), draw pictures",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--out", default="runs/demo", help="run folder to write")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.pt where it stopped"
+    )
+    _add_dataclass_flags(train, RunConfig)
+    _add_dataclass_flags(train, FitConfig)
+
+    def run_dir_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("run_dir", help="a folder written by `ppl-vae train --out`")
+        p.add_argument(
+            "--split",
+            default="test",
+            choices=("train", "val", "test"),
+            help="which split of the run's dataset (default: %(default)s)",
+        )
+        p.add_argument(
+            "--dataset",
+            default=None,
+            help="evaluate on another dataset than the run's (same features)",
+        )
+        p.add_argument("--data-dir", default=None, help="folder with that dataset's files")
+        p.add_argument("--device", default=None, help="torch device (default: the run's)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the draws")
+        return p
+
+    ev = run_dir_parser("evaluate", "importance-sampled log p(x) with diagnostics")
+    ev.add_argument(
+        "--num-samples",
+        type=int,
+        default=1000,
+        help="importance samples K per data point (default: %(default)s)",
+    )
+    ev.add_argument("--limit", type=int, default=0, help="only the first N points (0: all)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    for name, help_ in (
+        ("sample", "a PNG grid of samples from the model"),
+        ("reconstruct", "a PNG grid of data and reconstructions"),
+    ):
+        p = run_dir_parser(name, help_)
+        p.add_argument("--n", type=int, default=100, help="images (default: %(default)s)")
+        p.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ppl-vae`` with ``argv`` (default: the command line); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    commands = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "sample": _cmd_pictures,
+        "reconstruct": _cmd_pictures,
+    }
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f"ppl-vae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Pictures: image grids of samples and reconstructions, training curves. Nothing here trains."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+__all__ = ["interleave", "plot_curves", "save_image_grid"]
+
+
+def save_image_grid(
+    images: Tensor,
+    image_shape: Sequence[int],
+    path: str | os.PathLike,
+    nrow: int = 10,
+    title: str | None = None,
+) -> Path:
+    """Save rows ``images`` of shape (N, H*W), values in [0, 1], as one PNG grid of HxW tiles."""
+    h, w = image_shape
+    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, h, w)
+    grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)[0]
+    size = max(3.0, 0.45 * nrow * max(h, w) / 28 * 1.6)
+    fig, ax = plt.subplots(figsize=(size, size * grid.shape[0] / grid.shape[1]))
+    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def interleave(originals: Tensor, reconstructions: Tensor, nrow: int) -> Tensor:
+    """Stack rows so each row of originals is followed by the row of their reconstructions.
+
+    Shapes: both (N, D) with N a multiple of ``nrow``; returns (2N, D).
+    """
+    o = originals.reshape(-1, nrow, originals.shape[-1])
+    r = reconstructions.reshape(-1, nrow, reconstructions.shape[-1])
+    return torch.stack([o, r], dim=1).reshape(-1, originals.shape[-1])
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
+    """Plot training and validation loss (nats per data point) against the epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    if history and "val_loss" in history[0]:
+        ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("minus the bound (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,68 @@
+"""The ppl-vae command, run in-process on the embedded digits."""
+
+import json
+
+import pytest
+
+from ppl_vae.cli import build_parser, main
+from ppl_vae.runs import RunConfig
+from ppl_vae.train import FitConfig
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "2"]
+    code = main([*argv, "--eval-samples", "50", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_metrics_checkpoint_and_pictures(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["log_likelihood"] < 0 and test["num_points"] == 180
+    assert test["log_likelihood"] >= test["elbo"] - 3 * test["stderr"] - 0.5
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl", "samples.png", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "reconstructions.png").stat().st_size > 1000
+
+
+def test_evaluate_json(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--num-samples", "20", "--json", "--limit", "30"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("log_likelihood", "elbo", "stderr", "share_pareto_k_above_0.7"):
+        assert key in out, key
+    assert out["num_points"] == 30
+
+
+def test_sample_and_reconstruct(run_dir, tmp_path):
+    assert main(["sample", str(run_dir), "--output", str(tmp_path / "s.png")]) == 0
+    assert main(["reconstruct", str(run_dir), "--n", "20"]) == 0
+    assert (tmp_path / "s.png").is_file() and (run_dir / "reconstruct.png").is_file()
+
+
+def test_evaluating_on_data_of_another_shape_is_a_clear_error(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--dataset", "mnist5k", "--limit", "5"]) == 2
+    assert "784 features per row but the saved model expects 64" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(run_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((run_dir / "config.json").read_text())
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["sample", str(broken)]) == 2
+    assert "unreadable" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for cls in (RunConfig, FitConfig):
+        for field in cls.__dataclass_fields__:
+            assert "--" + field.replace("_", "-") in text, field

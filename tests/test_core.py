@@ -1,0 +1,190 @@
+"""The core: the VAE as Pyro programs, the analytic-KL ELBO against closed forms, fit, resume."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+from linear_gaussian import gaussian_kl, make_linear_gaussian
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+from ppl_vae import build_vae
+from ppl_vae.data import load_dataset
+from ppl_vae.objectives import AnalyticKLELBO, make_objective
+from ppl_vae.train import fit, negative_bound
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", binarization="dynamic")
+
+
+def small_vae(x_dim=64, **kw):
+    return build_vae(x_dim, z_dim=4, hidden=(32,), **kw)
+
+
+def lg_setup():
+    lg = make_linear_gaussian(d=2, D=3, s=0.5)
+    x = lg.sample(6)
+    return lg, lg.perturbed_guide(0.3), x
+
+
+def test_vae_is_a_pyro_program_with_fixed_sites():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((5, 64), 0.3))
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, guide_trace)).get_trace(x)
+    assert guide_trace.nodes["z"]["value"].shape == (5, 4)
+    assert model_trace.nodes["x"]["is_observed"]
+    assert model_trace.nodes["x"]["fn"].event_shape == (64,)
+    assert model_trace.nodes["z"]["fn"].event_shape == (4,)
+    assert [f.name for f in model_trace.nodes["x"]["cond_indep_stack"]] == ["data"]
+
+
+def test_analytic_kl_elbo_is_exact_given_the_draw():
+    """loss = -(log p(x | z) - KL(q || p(z))) in closed form, z the draw the ELBO made."""
+    lg, guide, x = lg_setup()
+    pyro.set_rng_seed(3)
+    loss = AnalyticKLELBO().differentiable_loss(lg.model, guide, x)
+    pyro.set_rng_seed(3)
+    z = poutine.trace(guide).get_trace(x).nodes["z"]["value"]
+    log_lik = dist.Normal(z @ lg.W.T + lg.b, lg.s).log_prob(x).sum(-1)
+    eye = torch.eye(2, dtype=x.dtype)
+    kl = gaussian_kl(guide.loc(x), guide.cov(), torch.zeros_like(guide.loc(x)), eye)
+    torch.testing.assert_close(loss, -(log_lik - kl).sum(), rtol=1e-12, atol=1e-10)
+    pyro.set_rng_seed(3)
+    pyro_loss = TraceMeanField_ELBO().differentiable_loss(lg.model, guide, x)
+    torch.testing.assert_close(loss, pyro_loss, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("objective", [AnalyticKLELBO(), Trace_ELBO()], ids=["mean-field", "mc"])
+def test_elbo_matches_closed_form_in_expectation(objective):
+    lg, guide, x = lg_setup()
+    exact = lg.elbo(guide, x).sum().item()
+    draws = torch.tensor([-objective.loss(lg.model, guide, x) for _ in range(400)])
+    mean, se = draws.mean().item(), draws.std().item() / math.sqrt(len(draws))
+    assert abs(mean - exact) < 4 * se, f"mean {mean:.4f} vs exact {exact:.4f}, 4 SE = {4 * se:.4f}"
+    assert se > 0  # a Monte Carlo estimate, not a constant
+
+
+def test_analytic_kl_has_lower_variance_than_sampled_kl():
+    lg, guide, x = lg_setup()
+    mf = torch.tensor([AnalyticKLELBO().loss(lg.model, guide, x) for _ in range(200)])
+    mc = torch.tensor([Trace_ELBO().loss(lg.model, guide, x) for _ in range(200)])
+    assert mf.var() < mc.var(), f"analytic-KL variance {mf.var():.4f} >= sampled {mc.var():.4f}"
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian"])
+def test_analytic_kl_elbo_equals_pyro_mean_field_on_the_vae(likelihood):
+    vae = small_vae(likelihood=likelihood, learn_scale=likelihood == "gaussian")
+    x = torch.rand(7, 64).round() if likelihood == "bernoulli" else torch.rand(7, 64)
+    pyro.set_rng_seed(5)
+    ours = AnalyticKLELBO().differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(5)
+    theirs = TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+    ours.backward()
+    assert all(p.grad is not None for p in vae.parameters()), "a parameter got no gradient"
+
+
+def test_beta_scales_only_the_kl():
+    x = torch.rand(7, 64).round()
+    vae = small_vae()
+    vae2 = small_vae(beta=3.0)
+    vae2.load_state_dict(vae.state_dict())
+    pyro.set_rng_seed(1)
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    q = guide_trace.nodes["z"]["fn"]
+    kl = torch.distributions.kl_divergence(q, vae.prior()).sum()
+    pyro.set_rng_seed(1)
+    l1 = AnalyticKLELBO().differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(1)
+    l3 = AnalyticKLELBO().differentiable_loss(vae2.model, vae2.guide, x)
+    torch.testing.assert_close(l3 - l1, 2 * kl, rtol=1e-5, atol=1e-4)
+
+
+def test_auto_objective_picks_analytic_kl_and_refuses_it_without_a_closed_form():
+    assert isinstance(make_objective("auto", analytic_kl=True), AnalyticKLELBO)
+    assert isinstance(make_objective("auto", analytic_kl=False), Trace_ELBO)
+    with pytest.raises(ValueError, match="closed-form KL"):
+        make_objective("mean-field", analytic_kl=False)
+
+
+def test_training_lowers_the_validation_loss(digits):
+    torch.manual_seed(0)
+    vae = small_vae()
+    objective = AnalyticKLELBO()
+    before = negative_bound(vae, digits.val, objective)
+    result = fit(vae, digits, epochs=8, progress=False)
+    after = negative_bound(vae, digits.val, objective)
+    assert after < before - 8, f"validation loss {before:.2f} -> {after:.2f}, not 8 nats lower"
+    assert result.history[-1]["val_loss"] == pytest.approx(after)
+
+
+def test_fast_engine_takes_the_same_steps_as_pyro_svi(digits):
+    """One torch Adam over all parameters = SVI's per-parameter Adams; same draws, same steps.
+
+    SVI minimises the summed loss and the fast engine the per-point mean; Adam is invariant to
+    that scale except through its eps, so the parameters agree to about 1e-4, not bitwise.
+    """
+    x = digits.val  # binary; a fixed dataset
+    states = []
+    for engine in ("fast", "svi"):
+        torch.manual_seed(0)
+        vae = small_vae()
+        fit(vae, x, epochs=2, batch_size=60, engine=engine, progress=False)
+        states.append(vae.state_dict())
+    for name in states[0]:
+        torch.testing.assert_close(states[0][name], states[1][name], rtol=1e-3, atol=2e-4)
+
+
+def _states_equal(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"parameter {name} differs after resume"
+
+
+@pytest.mark.parametrize("stop_at", [(1, 4), (0, 14)], ids=["mid-epoch", "epoch-end"])
+def test_interrupted_then_resumed_run_equals_uninterrupted(digits, tmp_path, stop_at):
+    torch.manual_seed(0)
+    straight = small_vae()
+    initial = {k: v.clone() for k, v in straight.state_dict().items()}
+    full = fit(straight, digits, epochs=3, out=tmp_path / "a", progress=False)
+
+    def interrupt(epoch, step, loss):
+        if (epoch, step) == stop_at:
+            raise KeyboardInterrupt
+
+    broken = small_vae()
+    broken.load_state_dict(initial)
+    with pytest.raises(KeyboardInterrupt):
+        fit(broken, digits, epochs=3, out=tmp_path / "b", callback=interrupt, progress=False)
+    resumed = small_vae()  # a fresh process would start from new random weights
+    again = fit(resumed, digits, epochs=3, out=tmp_path / "b", resume=True, progress=False)
+    _states_equal(straight.state_dict(), resumed.state_dict())
+    untimed = [
+        [{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (again, full)
+    ]
+    assert untimed[0] == untimed[1]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def test_resume_with_other_settings_is_refused(digits, tmp_path):
+    from ppl_vae.checkpoint import CheckpointError
+
+    fit(small_vae(), digits, epochs=1, out=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="different settings.*lr"):
+        fit(small_vae(), digits, epochs=2, lr=0.01, out=tmp_path, resume=True, progress=False)
+    fit(small_vae(), digits, epochs=2, out=tmp_path, resume=True, progress=False)  # more epochs ok
+
+
+def test_early_stopping_restores_the_best_weights(digits):
+    vae = small_vae()
+    result = fit(vae, digits, epochs=50, patience=1, lr=3e-2, progress=False)
+    assert result.stopped_early
+    best = min(h["val_loss"] for h in result.history)
+    assert result.best_val_loss == pytest.approx(best)
+    assert negative_bound(vae, digits.val, AnalyticKLELBO()) == pytest.approx(best, abs=1e-4)
