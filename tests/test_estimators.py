@@ -1,0 +1,256 @@
+"""log_likelihood and elbo against closed-form answers (linear-Gaussian, two sites, Bernoulli)."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from linear_gaussian import LinearGaussian, make_linear_gaussian
+
+from ppl_vae import build_vae
+from ppl_vae.estimators import LogLikelihood, elbo, log_likelihood
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.enable_validation(False)
+
+
+@pytest.fixture
+def lg() -> LinearGaussian:
+    return make_linear_gaussian(d=2, D=3, s=0.5)
+
+
+def _data(lg: LinearGaussian, n: int = 5) -> torch.Tensor:
+    return lg.marginal().sample((n,))
+
+
+def _replicated(fn, x: torch.Tensor, reps: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard error over ``reps`` independent estimates per point, each ``(N,)``."""
+    est = fn(x.repeat(reps, 1), **kw).reshape(reps, -1)
+    return est.mean(0), est.std(0) / math.sqrt(reps)
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 100])
+def test_exact_guide_gives_log_px_for_every_k(lg: LinearGaussian, k: int) -> None:
+    x = _data(lg)
+    exact = lg.log_px(x)
+    est = log_likelihood(lg.model, lg.exact_guide(), x, num_samples=k)
+    torch.testing.assert_close(est, exact, atol=1e-10, rtol=0, msg="IWAE_K != log p(x)")
+    torch.testing.assert_close(elbo(lg.model, lg.exact_guide(), x), exact, atol=1e-10, rtol=0)
+
+
+def test_bounds_are_ordered(lg: LinearGaussian) -> None:
+    x = _data(lg, 4)
+    guide = lg.perturbed_guide(noise=0.1)
+    exact = lg.log_px(x)
+    closed_elbo = lg.elbo(guide, x)
+    gap = exact - closed_elbo
+    assert (gap > 0.01).all(), f"the perturbed guide should be visibly off: {gap}"
+    means, ses = [], []
+    for k in (1, 10, 100):
+        m, se = _replicated(
+            lambda xx, k=k: log_likelihood(lg.model, guide, xx, num_samples=k), x, reps=300
+        )
+        means.append(m)
+        ses.append(se)
+    torch.testing.assert_close(means[0], closed_elbo, atol=4 * float(ses[0].max()), rtol=0)
+    for lo, hi, se_lo, se_hi in zip(means, means[1:], ses, ses[1:], strict=False):
+        assert (lo <= hi + 3 * (se_lo**2 + se_hi**2).sqrt()).all(), f"{lo} > {hi}"
+    assert (means[-1] <= exact + 3 * ses[-1]).all(), f"IWAE_100 {means[-1]} > log p {exact}"
+    closed = (means[-1] - means[0]).sum() / gap.sum()
+    assert closed > 0.5, f"IWAE_100 should close most of the ELBO's gap, closes {closed}"
+
+
+def test_k5000_within_three_stderr(lg: LinearGaussian) -> None:
+    x = _data(lg, 6)
+    guide = lg.perturbed_guide(noise=0.05)
+    res = log_likelihood(lg.model, guide, x, num_samples=5000, diagnostics=True)
+    assert isinstance(res, LogLikelihood)
+    z = (res.log_px - lg.log_px(x)) / res.stderr
+    assert (z.abs() < 3.5).all(), f"K=5000 off by {z} standard errors"
+
+
+def test_elbo_matches_closed_form(lg: LinearGaussian) -> None:
+    x = _data(lg, 4)
+    guide = lg.perturbed_guide(noise=0.05)
+    est = elbo(lg.model, guide, x, num_samples=20000)
+    torch.testing.assert_close(est, lg.elbo(guide, x), atol=0.05, rtol=0)
+
+
+def test_chunked_equals_unchunked(lg: LinearGaussian) -> None:
+    x = _data(lg, 7)
+    exact = lg.log_px(x)
+    for kw in ({}, {"chunk_size": 3}, {"batch_size": 2}, {"chunk_size": 7, "batch_size": 3}):
+        est = log_likelihood(lg.model, lg.exact_guide(), x, num_samples=20, **kw)
+        torch.testing.assert_close(est, exact, atol=1e-10, rtol=0, msg=f"chunking {kw}")
+    guide = lg.perturbed_guide(noise=0.05)
+    a = log_likelihood(guide=guide, model=lg.model, num_samples=3000, diagnostics=True, x=x)
+    b = log_likelihood(
+        lg.model, guide, x, num_samples=3000, chunk_size=700, batch_size=3, diagnostics=True
+    )
+    tol = 4 * (a.stderr**2 + b.stderr**2).sqrt()
+    assert ((a.log_px - b.log_px).abs() < tol).all(), f"{a.log_px} vs {b.log_px}"
+    # chunk boundaries in the streaming logsumexp lose nothing: same draws, same answer
+    pyro.set_rng_seed(5)
+    full = log_likelihood(lg.model, guide, x, num_samples=64, chunk_size=64)
+    pyro.set_rng_seed(5)
+    parts = log_likelihood(lg.model, guide, x, num_samples=64, chunk_size=64, diagnostics=True)
+    torch.testing.assert_close(full, parts.log_px, atol=1e-12, rtol=0)
+
+
+def test_diagnostics_shapes_and_pareto_k(lg: LinearGaussian) -> None:
+    x = _data(lg, 5)
+    good = log_likelihood(lg.model, lg.exact_guide(), x, num_samples=500, diagnostics=True)
+    for field in ("log_px", "stderr", "ess", "pareto_k"):
+        assert getattr(good, field).shape == (5,), field
+    torch.testing.assert_close(good.ess, torch.full((5,), 500.0, dtype=x.dtype), atol=1e-6, rtol=0)
+    assert (good.pareto_k < 0.5).all(), good.pareto_k
+    near = log_likelihood(
+        lg.model, lg.perturbed_guide(noise=0.01), x, num_samples=500, diagnostics=True
+    )
+    assert (near.pareto_k < 0.5).all(), near.pareto_k
+    A, c, cov = lg.posterior()
+    from linear_gaussian import DiagGuide
+
+    terrible = DiagGuide(A, c + 1.0, 0.2 * cov.diagonal().sqrt())
+    bad = log_likelihood(lg.model, terrible, x, num_samples=500, diagnostics=True)
+    assert (bad.pareto_k > 0.7).float().mean() >= 0.8, bad.pareto_k
+    summary = bad.summary()
+    assert summary["share_k_above_0.7"] >= 0.8 and summary["num_samples"] == 500
+    assert (bad.ess < 0.2 * 500).all(), bad.ess
+
+
+def _two_site_model(C, t, W, b, s):
+    def model(x):
+        d1 = C.shape[1]
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(torch.zeros(d1, dtype=x.dtype), 1.0).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(z1 @ C.T, t).to_event(1))
+            pyro.sample("obs", dist.Normal(z2 @ W.T + b, s).to_event(1), obs=x)
+
+    return model
+
+
+def test_two_latent_sites_hierarchical_exact() -> None:
+    """z1 -> z2 -> x with the exact hierarchical posterior q(z1|x) q(z2|z1,x) as the guide."""
+    g = torch.Generator().manual_seed(3)
+    d1, d2, D, t, s = 2, 3, 4, 0.7, 0.5
+    C = torch.randn(d2, d1, generator=g, dtype=torch.float64)
+    W = torch.randn(D, d2, generator=g, dtype=torch.float64)
+    b = torch.randn(D, generator=g, dtype=torch.float64)
+    prior_cov = torch.block_diag(torch.eye(d1), torch.zeros(d2, d2)).double()
+    prior_cov[d1:, :d1], prior_cov[:d1, d1:] = C, C.T
+    prior_cov[d1:, d1:] = C @ C.T + t**2 * torch.eye(d2, dtype=torch.float64)
+    H = torch.cat([torch.zeros(D, d1, dtype=torch.float64), W], 1)
+    post = torch.linalg.inv(torch.linalg.inv(prior_cov) + H.T @ H / s**2)
+    gain = post @ H.T / s**2
+    P11, P21, P22 = post[:d1, :d1], post[d1:, :d1], post[d1:, d1:]
+    reg = P21 @ torch.linalg.inv(P11)
+
+    def guide(x):
+        m = (x - b) @ gain.T
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.MultivariateNormal(m[:, :d1], covariance_matrix=P11))
+            loc2 = m[:, d1:] + (z1 - m[:, :d1]) @ reg.T
+            pyro.sample("z2", dist.MultivariateNormal(loc2, covariance_matrix=P22 - reg @ P21.T))
+
+    marg = dist.MultivariateNormal(b, H @ prior_cov @ H.T + s**2 * torch.eye(D).double())
+    x = marg.sample((6,))
+    model = _two_site_model(C, t, W, b, s)
+    est = log_likelihood(model, guide, x, num_samples=50, chunk_size=20, batch_size=4)
+    torch.testing.assert_close(est, marg.log_prob(x), atol=1e-9, rtol=0)
+
+
+def test_two_independent_sites_perturbed() -> None:
+    """x = W1 z1 + W2 z2 + b + noise, mean-field guide over two sites: K=5000 vs exact."""
+    lg = make_linear_gaussian(d=3, D=4, s=0.6, seed=2)
+    x = lg.sample(5)
+    guide3 = lg.perturbed_guide(noise=0.05)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("a", dist.Normal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
+            z2 = pyro.sample("b", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            loc = z1 @ lg.W[:, :2].T + z2.unsqueeze(-1) * lg.W[:, 2] + lg.b
+            pyro.sample("x", dist.Normal(loc, lg.s).to_event(1), obs=x)
+
+    def guide(x):
+        loc = guide3.loc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("a", dist.Normal(loc[:, :2], guide3.scale[:2]).to_event(1))
+            pyro.sample("b", dist.Normal(loc[:, 2], guide3.scale[2]))
+
+    res = log_likelihood(model, guide, x, num_samples=5000, diagnostics=True)
+    z = (res.log_px - lg.log_px(x)) / res.stderr
+    assert (z.abs() < 3.5).all(), f"two sites: off by {z} standard errors"
+    # the same guide written as one site gives the same ELBO in closed form
+    torch.testing.assert_close(
+        elbo(model, guide, x, num_samples=20000), lg.elbo(guide3, x), atol=0.05, rtol=0
+    )
+
+
+def test_bernoulli_likelihood_against_quadrature() -> None:
+    """z ~ N(0, 1), x_d ~ Bernoulli(sigmoid(a_d z + c_d)); log p(x) by quadrature on a grid."""
+    a = torch.tensor([2.0, -1.5, 0.5, 3.0], dtype=torch.float64)
+    c = torch.tensor([0.1, 0.3, -0.4, 0.0], dtype=torch.float64)
+    x = torch.tensor([[1, 0, 1, 1], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            logits = z.unsqueeze(-1) * a + c
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * (x @ a.sign()) - 0.5, 1.0))
+
+    z = torch.linspace(-10, 10, 20001, dtype=torch.float64)
+    joint = dist.Normal(0.0, 1.0).log_prob(z)[:, None] + dist.Bernoulli(
+        logits=z[:, None, None] * a + c
+    ).log_prob(x).sum(-1)
+    exact = torch.logsumexp(joint, 0) + math.log(float(z[1] - z[0]))
+    res = log_likelihood(model, guide, x, num_samples=5000, diagnostics=True)
+    zs = (res.log_px - exact) / res.stderr
+    assert (zs.abs() < 3.5).all(), f"Bernoulli: off by {zs} standard errors"
+
+
+def test_vae_and_scales_are_ignored() -> None:
+    """build_vae works; a beta-VAE is scored as its plain VAE (scales ignored)."""
+    x = torch.bernoulli(torch.full((6, 10), 0.4))
+    vae = build_vae(10, z_dim=2, hidden=(8,))
+    plain = log_likelihood(vae.model, vae.guide, x, num_samples=30, batch_size=4)
+    assert plain.shape == (6,) and torch.isfinite(plain).all()
+    vae.beta = 3.0
+    pyro.set_rng_seed(1)
+    scaled = log_likelihood(vae.model, vae.guide, x, num_samples=30)
+    vae.beta = 1.0
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(scaled, log_likelihood(vae.model, vae.guide, x, num_samples=30))
+
+
+def test_global_latent_is_a_clear_error() -> None:
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="'mu' is not inside pyro.plate"):
+        log_likelihood(model, guide, torch.zeros(3), num_samples=4)
+
+
+def test_progress_bar_runs(lg: LinearGaussian) -> None:
+    x = _data(lg, 3)
+    est = log_likelihood(lg.model, lg.exact_guide(), x, num_samples=4, progress=True)
+    torch.testing.assert_close(est, lg.log_px(x), atol=1e-10, rtol=0)
