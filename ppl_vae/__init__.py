@@ -11,7 +11,9 @@ from .likelihoods import (
 from .model import PRESETS, VAE, build_vae
 from .nets import MLP, GaussianEncoder
 from .objectives import AnalyticKLELBO, make_objective
-from .priors import NormalPrior, make_prior
+from .polymodal import PolymodalPrior, PolymodalVAE
+from .priors import FlowPrior, MixturePrior, NormalPrior, VampPrior, make_prior
+from .stl import STLELBO
 from .train import FitConfig, FitResult, fit
 
 __all__ = [
@@ -28,7 +30,13 @@ __all__ = [
     "GaussianEncoder",
     "GaussianLikelihood",
     "LogLikelihood",
+    "FlowPrior",
+    "MixturePrior",
     "NormalPrior",
+    "PolymodalPrior",
+    "PolymodalVAE",
+    "STLELBO",
+    "VampPrior",
     "build_vae",
     "elbo",
     "fit",

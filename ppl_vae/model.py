@@ -129,6 +129,20 @@ def build_vae(
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
     :func:`ppl_vae.priors.make_prior`.
     """
+    if prior == "polymodal":  # its guide differs too, so it is a VAE subclass of its own
+        from .polymodal import build_polymodal_vae
+
+        return build_polymodal_vae(
+            x_dim,
+            z_dim,
+            hidden,
+            activation,
+            likelihood,
+            beta,
+            gaussian_scale=gaussian_scale,
+            learn_scale=learn_scale,
+            **prior_options,
+        )
     encoder = GaussianEncoder(x_dim, z_dim, hidden, activation)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)

@@ -1,4 +1,4 @@
-"""Priors p(z): modules whose ``forward()`` returns a Pyro distribution with event shape (z_dim,)."""
+"""Priors p(z): modules whose ``forward()`` returns a distribution with event shape (z_dim,)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.transforms.utils import clamp_preserve_gradients
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, ConditionalDenseNN
 from torch import Tensor, nn
 from torch.distributions import constraints
 
@@ -174,6 +176,45 @@ class _Permutation(TransformModule):
         return x.new_zeros(x.shape[:-1])
 
 
+def _start_near_identity(layer: nn.Module) -> nn.Module:
+    """Zero the conditioner's output layer (and an element-wise spline's own parameters).
+
+    An affine layer then starts as the identity and a spline as a smooth near-identity map
+    (uniform bins, knot slopes ``softplus(0)``), so the flow prior starts close to N(0, I), as a
+    standard VAE does; random output layers give spiky initial densities instead.
+    """
+    with torch.no_grad():
+        for m in layer.modules():
+            if isinstance(m, ConditionalDenseNN | ConditionalAutoRegressiveNN):
+                m.layers[-1].weight.zero_()
+                m.layers[-1].bias.zero_()
+            elif isinstance(m, T.Spline):
+                for p in m.parameters(recurse=False):
+                    p.zero_()
+    return layer
+
+
+class _AffineAutoregressive(T.AffineAutoregressive):
+    """Pyro's affine autoregressive layer with a dtype-correct inverse (Pyro 1.9 starts the
+    inversion from float32 zeros, which breaks float64 flows). The inverse costs ``z_dim``
+    passes; :class:`FlowPrior` uses it only for sampling."""
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        x = [y.new_zeros(y.shape[:-1])] * y.shape[-1]
+        for idx in self.arn.permutation:
+            mean, log_scale = self.arn(torch.stack(x, dim=-1))
+            log_scale = clamp_preserve_gradients(
+                log_scale[..., idx], self.log_scale_min_clip, self.log_scale_max_clip
+            )
+            x[idx] = (y[..., idx] - mean[..., idx]) * torch.exp(-log_scale)
+        x_all = torch.stack(x, dim=-1)
+        _, log_scale = self.arn(x_all)
+        self._cached_log_scale = clamp_preserve_gradients(
+            log_scale, self.log_scale_min_clip, self.log_scale_max_clip
+        )
+        return x_all
+
+
 #: Flow layers of :class:`FlowPrior`.
 FLOW_TYPES = ("affine-coupling", "spline-coupling", "maf")
 
@@ -248,7 +289,9 @@ class FlowPrior(nn.Module):
                     )
                 )
             else:  # the autoregressive net's own random order differs from layer to layer
-                layers.append(T.affine_autoregressive(z_dim, hidden_dims=hidden_dims))
+                layers.append(_AffineAutoregressive(AutoRegressiveNN(z_dim, hidden_dims)))
+        for layer in layers:
+            _start_near_identity(layer)
         #: The trainable layers, in base-to-z order for coupling flows; for ``"maf"`` each is
         #: used through its inverse (see :attr:`transforms`).
         self.layers = nn.ModuleList(layers)
