@@ -14,15 +14,6 @@ from ppl_vae import build_vae
 from ppl_vae.estimators import LogLikelihood, elbo, log_likelihood
 
 
-@pytest.fixture(autouse=True)
-def _reset():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-    yield
-    pyro.enable_validation(False)
-
-
 @pytest.fixture
 def lg() -> LinearGaussian:
     return make_linear_gaussian(d=2, D=3, s=0.5)

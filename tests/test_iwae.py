@@ -14,15 +14,6 @@ from ppl_vae.estimators import log_likelihood
 from ppl_vae.iwae import IWAE, DReGIWAE
 
 
-@pytest.fixture(autouse=True)
-def _reset():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-    yield
-    pyro.enable_validation(False)
-
-
 @pytest.mark.parametrize("cls", [IWAE, DReGIWAE])
 def test_loss_is_minus_estimator_sum_on_same_draws(cls) -> None:
     lg = make_linear_gaussian()

@@ -27,13 +27,6 @@ DTYPE = torch.float64
 D_Z, D_X, MODES, S = 2, 4, 3, 0.6
 
 
-@pytest.fixture(autouse=True)
-def _reset() -> None:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-
-
 class _LinearDecoder(nn.Module):
     def __init__(self, W: Tensor, b: Tensor) -> None:
         super().__init__()

@@ -28,13 +28,6 @@ from ppl_vae.priors import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _reset() -> None:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-
-
 def _perturbed(prior: nn.Module, noise: float = 0.3) -> nn.Module:
     """Move every parameter off its initial value, so no test relies on a symmetric init.
 

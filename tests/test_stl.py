@@ -15,13 +15,6 @@ DTYPE = torch.float64
 N, D, d, S = 5, 4, 2, 0.5
 
 
-@pytest.fixture(autouse=True)
-def _reset() -> None:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    pyro.enable_validation(True)
-
-
 def _problem() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """W with orthogonal columns (so p(z|x) is diagonal), b, data x, posterior loc and scale."""
     g = torch.Generator().manual_seed(0)
