@@ -3,10 +3,14 @@
 Methods, interleaved in one process (median of ``--repeats``), on real binarized MNIST test
 images: ``ppl_vae.log_likelihood`` on ``vae.model``/``vae.guide``; a hand-written batched
 PyTorch reference for the same network (encode once, sample K z, decode, logsumexp); pythae
-0.1.2's ``get_nll`` on the same network when pythae is installed. Peak memory (max RSS) of each
-method is measured in a fresh subprocess. Usage::
+0.1.2's ``get_nll`` on the same network when pythae is installed, with its default batching
+(``batch_size=100``: it re-encodes the image for every batch) and with ``batch_size=K``. Peak
+memory is measured per method in a fresh subprocess: the high-water mark of the resident set
+minus the resident set just before the call. ``--full`` also runs ``log_likelihood`` with
+diagnostics on all 10,000 test images in a subprocess and reports its time and peak memory,
+to show that memory does not grow with the number of images. Usage::
 
-    python benchmarks/loglik_speed.py --k 5000 --n-images 20
+    python benchmarks/loglik_speed.py --k 5000 --n-images 20 [--full]
 """
 
 from __future__ import annotations
@@ -96,9 +100,15 @@ def pythae_model(vae):
     return PVAE(config, encoder=Enc(), decoder=Dec()).eval()
 
 
-def run_pythae(model, x: torch.Tensor, k: int) -> torch.Tensor:
+def run_pythae(model, x: torch.Tensor, k: int, batch_size: int = 100) -> torch.Tensor:
     with torch.no_grad():
-        return torch.tensor(model.get_nll(x.reshape(-1, 1, 28, 28), n_samples=k, batch_size=k))
+        images = x.reshape(-1, 1, 28, 28)
+        return torch.tensor(model.get_nll(images, n_samples=k, batch_size=batch_size))
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def make_vae():
@@ -107,14 +117,43 @@ def make_vae():
 
 
 def memory_only(method: str, k: int, n: int) -> None:
+    """Print the seconds and the peak memory above the baseline (MiB) of one method's call.
+
+    The baseline is the resident set after the same method has run once on one image with
+    10 particles: that pages in torch's kernels (about 200 MiB of shared-library code), which
+    would otherwise be counted as the method's memory.
+    """
     vae, x = make_vae(), load_images(n)
-    fn = {"ppl_vae": ours, "reference": reference}.get(method)
-    if method == "pythae":
-        model = pythae_model(vae)
-        run_pythae(model, x, k)
-    else:
-        fn(vae, x, k)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    def call(xs: torch.Tensor, kk: int) -> None:
+        if method == "ppl_vae":
+            ours(vae, xs, kk)
+        elif method == "ppl_vae-diagnostics":
+            log_likelihood(
+                vae.model, vae.guide, xs, num_samples=kk, diagnostics=True, progress=len(xs) > 1000
+            )
+        elif method == "reference":
+            reference(vae, xs, kk)
+        else:
+            batch = kk if method == "pythae-k" else min(kk, 100)
+            run_pythae(pythae_model(vae), xs, kk, batch)
+
+    call(x[:1], 10)
+    base = current_rss_mib()
+    t0 = time.perf_counter()
+    call(x, k)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{seconds:.3f} {peak - base:.1f}")
+
+
+def measure(key: str, k: int, n: int, threads: int) -> tuple[float, float]:
+    """(seconds, peak MiB above baseline) of one method in a fresh process."""
+    cmd = [sys.executable, __file__, "--memory-only", key, "--k", str(k)]
+    cmd += ["--n-images", str(n), "--threads", str(threads)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    seconds, mib = out.stdout.strip().splitlines()[-1].split()
+    return float(seconds), float(mib)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pythae-images", type=int, default=4, help="images for get_nll (slow)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--memory-only", choices=["ppl_vae", "reference", "pythae"])
+    p.add_argument("--full", action="store_true", help="also all 10,000 test images")
+    p.add_argument(
+        "--memory-only",
+        choices=["ppl_vae", "ppl_vae-diagnostics", "reference", "pythae", "pythae-k"],
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.memory_only:
@@ -138,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     methods["ppl_vae.log_likelihood"] = lambda: ours(vae, x, a.k)
     sizes = {"reference (batched torch)": len(x), "ppl_vae.log_likelihood": len(x)}
     if pmodel is not None:
-        methods["pythae get_nll"] = lambda: run_pythae(pmodel, xp, a.k)
-        sizes["pythae get_nll"] = len(xp)
+        methods["pythae get_nll (default batch_size=100)"] = lambda: run_pythae(pmodel, xp, a.k)
+        methods["pythae get_nll (batch_size=K)"] = lambda: run_pythae(pmodel, xp, a.k, a.k)
+        sizes["pythae get_nll (default batch_size=100)"] = len(xp)
+        sizes["pythae get_nll (batch_size=K)"] = len(xp)
     else:
         print("pythae is not installed: get_nll skipped (pip install pythae==0.1.2 --no-deps)")
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -152,31 +197,32 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append((time.perf_counter() - t0) / sizes[name] * 1e3)
     ms = {m: statistics.median(t) for m, t in times.items()}
     ref = ms["reference (batched torch)"]
-    mem = {}
-    for name, key in [
-        ("reference (batched torch)", "reference"),
-        ("ppl_vae.log_likelihood", "ppl_vae"),
-        ("pythae get_nll", "pythae"),
-    ]:
-        if name in methods:
-            cmd = [sys.executable, __file__, "--memory-only", key, "--k", str(a.k)]
-            cmd += ["--n-images", str(sizes[name]), "--threads", str(a.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            mem[name] = float(out.stdout.strip().splitlines()[-1])
+    keys = {
+        "reference (batched torch)": "reference",
+        "ppl_vae.log_likelihood": "ppl_vae",
+        "pythae get_nll (default batch_size=100)": "pythae",
+        "pythae get_nll (batch_size=K)": "pythae-k",
+    }
+    mem = {name: measure(keys[name], a.k, sizes[name], a.threads)[1] for name in methods}
     print(f"\nK = {a.k}, {a.n_images} MNIST test images (pythae: {len(xp)}), seed network,")
     print(f"random weights, {a.threads} threads, median of {a.repeats}\n")
-    print("| method | ms per image | ratio to reference | peak RSS (MiB) | mean log p(x) |")
+    print("| method | ms per image | ratio to reference | peak memory (MiB) | mean log p(x) |")
     print("|---|---|---|---|---|")
     for name in methods:
         value = results[name]
         mean = float(value) if value.dim() == 0 else float(value.mean())
-        print(
-            f"| {name} | {ms[name]:.1f} | {ms[name] / ref:.2f} | {mem.get(name, math.nan):.0f} "
-            f"| {mean:.2f} |"
-        )
-    if "pythae get_nll" in ms:
-        speedup = ms["pythae get_nll"] / ms["ppl_vae.log_likelihood"]
-        print(f"\nppl_vae is {speedup:.2f}x faster than pythae get_nll per image")
+        print(f"| {name} | {ms[name]:.1f} | {ms[name] / ref:.2f} | {mem[name]:.0f} | {mean:.2f} |")
+    ours_ms = ms["ppl_vae.log_likelihood"]
+    for name in methods:
+        if name.startswith("pythae"):
+            print(f"ppl_vae is {ms[name] / ours_ms:.2f}x faster than {name}")
+    if a.full:
+        print(f"\nlog_likelihood(diagnostics=True), K = {a.k}, fresh process each:")
+        print("| test images | seconds | ms per image | peak memory (MiB) |")
+        print("|---|---|---|---|")
+        for n in (a.n_images, 10_000):
+            seconds, mib = measure("ppl_vae-diagnostics", a.k, n, a.threads)
+            print(f"| {n} | {seconds:.1f} | {seconds / n * 1e3:.1f} | {mib:.0f} |")
     return 0
 
 

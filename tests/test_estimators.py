@@ -60,13 +60,21 @@ def test_bounds_are_ordered(lg: LinearGaussian) -> None:
     assert closed > 0.5, f"IWAE_100 should close most of the ELBO's gap, closes {closed}"
 
 
+def _assert_within_stderr(res: LogLikelihood, exact: torch.Tensor, what: str) -> None:
+    """The K=5000 estimate of sum_n log p(x_n) within 3 of its standard errors of the exact
+    value; every point within 4 (with several points, 3 per point fails by chance too often)."""
+    total = (res.log_px - exact).sum() / res.stderr.pow(2).sum().sqrt()
+    assert total.abs() < 3, f"{what}: the sum is off by {total:.2f} standard errors (tol 3)"
+    z = (res.log_px - exact) / res.stderr
+    assert (z.abs() < 4).all(), f"{what}: points off by {z} standard errors (tol 4)"
+
+
 def test_k5000_within_three_stderr(lg: LinearGaussian) -> None:
     x = _data(lg, 6)
     guide = lg.perturbed_guide(noise=0.05)
     res = log_likelihood(lg.model, guide, x, num_samples=5000, diagnostics=True)
     assert isinstance(res, LogLikelihood)
-    z = (res.log_px - lg.log_px(x)) / res.stderr
-    assert (z.abs() < 3.5).all(), f"K=5000 off by {z} standard errors"
+    _assert_within_stderr(res, lg.log_px(x), "one site")
 
 
 def test_elbo_matches_closed_form(lg: LinearGaussian) -> None:
@@ -180,8 +188,7 @@ def test_two_independent_sites_perturbed() -> None:
             pyro.sample("b", dist.Normal(loc[:, 2], guide3.scale[2]))
 
     res = log_likelihood(model, guide, x, num_samples=5000, diagnostics=True)
-    z = (res.log_px - lg.log_px(x)) / res.stderr
-    assert (z.abs() < 3.5).all(), f"two sites: off by {z} standard errors"
+    _assert_within_stderr(res, lg.log_px(x), "two sites")
     # the same guide written as one site gives the same ELBO in closed form
     torch.testing.assert_close(
         elbo(model, guide, x, num_samples=20000), lg.elbo(guide3, x), atol=0.05, rtol=0
@@ -245,3 +252,24 @@ def test_progress_bar_runs(lg: LinearGaussian) -> None:
     x = _data(lg, 3)
     est = log_likelihood(lg.model, lg.exact_guide(), x, num_samples=4, progress=True)
     torch.testing.assert_close(est, lg.log_px(x), atol=1e-10, rtol=0)
+
+
+def test_nan_log_density_names_the_points() -> None:
+    """A NaN in the particle passes (validation is off there) is an error, not a silent NaN."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            # NaN for point 1 only in the vectorized passes (z is (K, N)), not in the probe
+            loc = torch.where(x == 1.0, torch.nan, z) if z.dim() > 1 else z
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+
+    x = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"NaN for 1 of 3 data points \(indices \[1\]\)"):
+        log_likelihood(model, guide, x, num_samples=10)
+    with pytest.raises(ValueError, match=r"the ELBO is NaN for 1 of 3"):
+        elbo(model, guide, x, num_samples=10)
