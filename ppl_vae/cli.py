@@ -44,7 +44,8 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = {"int": int, "float": float, "int | None": int, "str | None": str}.get(
             str(f.type), str
         )
-        parser.add_argument(flag, type=kind, default=f.default, help=help_)
+        choices = f.metadata.get("choices")
+        parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=help_)
 
 
 def _pick(cls: type, args: argparse.Namespace) -> Any:

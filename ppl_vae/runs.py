@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .data import DataSplits, load_dataset
+from .data import BINARIZE, DataSplits, load_dataset
+from .likelihoods import LIKELIHOODS
 from .model import PRESETS, VAE, build_vae
-from .train import CHECKPOINT, FitConfig
+from .priors import FLOW_TYPES, PRIORS
+from .train import CHECKPOINT, FitConfig, _opt
 
 __all__ = [
     "CONFIG",
@@ -28,10 +30,6 @@ __all__ = [
 CONFIG = "config.json"
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """What to model and with which network; every field is a flag of ``ppl-vae train``."""
@@ -39,19 +37,21 @@ class RunConfig:
     dataset: str = _opt("mnist5k", "mnist5k, digits, mnist, fashion-mnist, kmnist or a .npy/.npz")
     data_dir: str | None = _opt(None, "folder with the IDX files (mnist, fashion-mnist, kmnist)")
     download: bool = _opt(False, "let torchvision download the IDX files (needs a network)")
-    binarize: str = _opt("dynamic", "dynamic, static, threshold or none")
-    likelihood: str = _opt("bernoulli", "bernoulli, continuous-bernoulli or gaussian")
+    binarize: str = _opt("dynamic", "how to binarize images", BINARIZE)
+    likelihood: str = _opt("bernoulli", "p(x|z)", LIKELIHOODS)
     gaussian_scale: float = _opt(1.0, "the Gaussian likelihood's (initial) standard deviation")
     learn_scale: bool = _opt(False, "learn the Gaussian likelihood's scale per feature")
-    preset: str = _opt("seed", f"named network, one of {', '.join(PRESETS)}")
+    preset: str = _opt("seed", "named network", tuple(PRESETS))
     hidden: str | None = _opt(None, "hidden widths, e.g. 300,300 (default: the preset's)")
     z_dim: int | None = _opt(None, "latent dimensions (default: the preset's)")
     activation: str | None = _opt(None, "hidden nonlinearity (default: the preset's)")
-    prior: str = _opt("normal", "normal, mixture, vamp, flow or polymodal")
+    prior: str = _opt("normal", "p(z)", PRIORS)
     components: int = _opt(10, "mixture prior: number of Gaussians")
     pseudo_inputs: int = _opt(500, "VampPrior: number of learnable pseudo-inputs")
     flow_layers: int = _opt(4, "flow prior: number of layers")
-    flow_type: str | None = _opt(None, "flow prior: kind of layer (default: the prior's)")
+    flow_type: str | None = _opt(
+        None, "flow prior: kind of layer (default: the prior's)", FLOW_TYPES
+    )
     modes: int = _opt(3, "polymodal latent: Gaussians per latent dimension")
     beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
     eval_samples: int = _opt(1000, "importance samples per test point for log p(x)")

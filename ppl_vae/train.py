@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplits, check_data
 from .model import VAE
-from .objectives import make_objective
+from .objectives import OBJECTIVES, make_objective
 
 __all__ = ["FitConfig", "FitResult", "fit", "negative_bound"]
 
@@ -30,9 +30,9 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A dataclass field whose ``help`` becomes the CLI flag's help text."""
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field whose ``help`` (and ``choices``) the CLI flag takes over."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,21 @@ class FitConfig:
     objective: str = _opt(
         "auto",
         "mean-field (analytic KL), elbo (Monte Carlo KL), stl, iwae, iwae-dreg; "
-        "auto: mean-field where the prior allows it, else elbo",
+        "auto: mean-field where the prior allows it, else stl",
+        OBJECTIVES,
     )
     particles: int = _opt(1, "draws per data point; the K of the IWAE bound")
     seed: int = _opt(0, "seeds the initial noise, shuffling, dynamic binarization and draws")
-    patience: int | None = _opt(None, "stop after this many epochs without a better val loss")
+    warmup: float = _opt(
+        0, "KL warm-up: beta rises linearly from 0 to the model's beta over this many epochs"
+    )
+    patience: int | None = _opt(
+        None, "stop after this many epochs without a better val loss (counted after warm-up)"
+    )
     checkpoint_every: int = _opt(0, "also checkpoint every N steps in an epoch (0: epoch ends)")
-    engine: str = _opt("fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI")
+    engine: str = _opt(
+        "fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI", ("fast", "svi")
+    )
     progress: bool = _opt(True, "show a progress bar and a line per epoch")
     eval_batch_size: int = _opt(1000, "data points per validation batch")
 
@@ -137,12 +145,17 @@ def fit(
     """Train ``vae`` by stochastic variational inference on the rows of ``data``.
 
     Each step draws a minibatch, evaluates the Pyro objective (``config.objective``) on
-    ``vae.model`` / ``vae.guide`` and takes an Adam step. After every epoch the validation
-    split is scored with fixed draws; with ``out`` set, the run appends a line per epoch to
-    ``out/metrics.jsonl`` and writes ``out/checkpoint.pt`` atomically (parameters, optimizer
-    state, random states, position in the epoch). ``resume=True`` continues from that checkpoint
-    exactly as if the run had not stopped. Ctrl-C finishes the current step, saves, and raises
-    ``KeyboardInterrupt``.
+    ``vae.model`` / ``vae.guide`` and takes an Adam step. With ``config.warmup = W > 0`` the
+    latent site's weight rises linearly, step by step, from 0 to ``vae.beta`` over the first
+    W epochs (KL annealing, Bowman et al. 2016; Sønderby et al. 2016): at step ``s`` of ``S``
+    in epoch ``e`` it is ``vae.beta * min(1, (e + (s + 1) / S) / W)``. Validation always
+    scores the bound at ``vae.beta``, and patience counts only epochs after the warm-up.
+
+    After every epoch the validation split is scored with fixed draws; with ``out`` set, the
+    run appends a line per epoch to ``out/metrics.jsonl`` and writes ``out/checkpoint.pt``
+    atomically (parameters, optimizer state, random states, position in the epoch).
+    ``resume=True`` continues from that checkpoint exactly as if the run had not stopped.
+    Ctrl-C finishes the current step, saves, and raises ``KeyboardInterrupt``.
 
     Args:
         vae: the model; its device decides where training runs.
@@ -176,6 +189,14 @@ def fit(
     objective = make_objective(
         config.objective, config.particles, getattr(vae.prior, "analytic_kl", False)
     )
+    if config.warmup < 0:
+        raise ValueError(f"warmup must be a number of epochs >= 0, got {config.warmup}")
+    if config.warmup and config.objective.startswith("iwae"):
+        raise ValueError(
+            "KL warm-up scales the latent site, which inside the IWAE log-sum-exp is no bound; "
+            "use warmup=0 with iwae objectives, or warm up with an ELBO objective first"
+        )
+    beta = vae.beta
 
     device = next(vae.parameters()).device
     train = train.to(device)
@@ -280,6 +301,8 @@ def fit(
                     mininterval=0.5,
                 )
                 for b in bar:
+                    if config.warmup:
+                        vae.beta = beta * min(1.0, (epoch + (b + 1) / n_batches) / config.warmup)
                     xb = train[perm[b * config.batch_size : (b + 1) * config.batch_size]]
                     if dynamic:
                         xb = torch.bernoulli(xb, generator=gen)
@@ -301,6 +324,7 @@ def fit(
                         checkpoint()
                 bar.close()
                 record = {"epoch": epoch + 1, "train_loss": total / max(1, n_batches)}
+                vae.beta = beta
                 if val is not None:
                     vae.eval()
                     record["val_loss"] = negative_bound(
@@ -315,7 +339,7 @@ def fit(
                     result.best_val_loss, bad_epochs = current, 0
                     if config.patience is not None:
                         best_state = {k: v.clone() for k, v in vae.state_dict().items()}
-                else:
+                elif epoch > config.warmup:
                     bad_epochs += 1
                 if config.progress:
                     val_text = f"  val {record['val_loss']:.2f}" if "val_loss" in record else ""
@@ -340,6 +364,7 @@ def fit(
         raise
     finally:
         vae.pyro_module = True
+        vae.beta = beta
         vae.eval()
     if result.stopped_early and best_state is not None:
         vae.load_state_dict(best_state)

@@ -66,3 +66,13 @@ def test_help_documents_every_flag(capsys):
     for cls in (RunConfig, FitConfig):
         for field in cls.__dataclass_fields__:
             assert "--" + field.replace("_", "-") in text, field
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--flow-type", "planar"), ("--prior", "gmm"), ("--objective", "kl")]
+)
+def test_unknown_choices_are_refused_with_the_list(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", flag, value])
+    assert exit_.value.code == 2
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from ppl_vae import build_vae
 from ppl_vae.data import load_dataset
 from ppl_vae.objectives import AnalyticKLELBO, make_objective
+from ppl_vae.stl import STLELBO
 from ppl_vae.train import fit, negative_bound
 
 
@@ -107,7 +108,7 @@ def test_beta_scales_only_the_kl():
 
 def test_auto_objective_picks_analytic_kl_and_refuses_it_without_a_closed_form():
     assert isinstance(make_objective("auto", analytic_kl=True), AnalyticKLELBO)
-    assert isinstance(make_objective("auto", analytic_kl=False), Trace_ELBO)
+    assert isinstance(make_objective("auto", analytic_kl=False), STLELBO)
     with pytest.raises(ValueError, match="closed-form KL"):
         make_objective("mean-field", analytic_kl=False)
 
@@ -146,12 +147,21 @@ def _states_equal(a, b):
         assert torch.equal(a[name], b[name]), f"parameter {name} differs after resume"
 
 
-@pytest.mark.parametrize("stop_at", [(1, 4), (0, 14)], ids=["mid-epoch", "epoch-end"])
-def test_interrupted_then_resumed_run_equals_uninterrupted(digits, tmp_path, stop_at):
+@pytest.mark.parametrize(
+    "stop_at, options",
+    [
+        ((1, 4), {}),
+        ((0, 14), {}),
+        ((1, 4), {"engine": "svi"}),
+        ((1, 4), {"warmup": 2.5}),
+    ],
+    ids=["mid-epoch", "epoch-end", "svi-engine", "during-warm-up"],
+)
+def test_interrupted_then_resumed_run_equals_uninterrupted(digits, tmp_path, stop_at, options):
     torch.manual_seed(0)
     straight = small_vae()
     initial = {k: v.clone() for k, v in straight.state_dict().items()}
-    full = fit(straight, digits, epochs=3, out=tmp_path / "a", progress=False)
+    full = fit(straight, digits, epochs=3, out=tmp_path / "a", progress=False, **options)
 
     def interrupt(epoch, step, loss):
         if (epoch, step) == stop_at:
@@ -160,9 +170,20 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(digits, tmp_path, sto
     broken = small_vae()
     broken.load_state_dict(initial)
     with pytest.raises(KeyboardInterrupt):
-        fit(broken, digits, epochs=3, out=tmp_path / "b", callback=interrupt, progress=False)
+        fit(
+            broken,
+            digits,
+            epochs=3,
+            out=tmp_path / "b",
+            callback=interrupt,
+            progress=False,
+            **options,
+        )
+    assert broken.beta == 1.0, "an interrupted warm-up must leave beta as it found it"
     resumed = small_vae()  # a fresh process would start from new random weights
-    again = fit(resumed, digits, epochs=3, out=tmp_path / "b", resume=True, progress=False)
+    again = fit(
+        resumed, digits, epochs=3, out=tmp_path / "b", resume=True, progress=False, **options
+    )
     _states_equal(straight.state_dict(), resumed.state_dict())
     untimed = [
         [{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (again, full)
@@ -188,3 +209,42 @@ def test_early_stopping_restores_the_best_weights(digits):
     best = min(h["val_loss"] for h in result.history)
     assert result.best_val_loss == pytest.approx(best)
     assert negative_bound(vae, digits.val, AnalyticKLELBO()) == pytest.approx(best, abs=1e-4)
+
+
+def test_warmup_ramps_beta_linearly_per_step_then_restores_it(digits):
+    vae = small_vae(beta=2.0)
+    steps = math.ceil(len(digits.train) / 100)
+    seen = []
+    fit(
+        vae,
+        digits,
+        epochs=3,
+        warmup=1.5,
+        progress=False,
+        callback=lambda *_: seen.append(vae.beta),
+    )
+    expected = [
+        2.0 * min(1.0, (e + (s + 1) / steps) / 1.5) for e in range(3) for s in range(steps)
+    ]
+    torch.testing.assert_close(torch.tensor(seen), torch.tensor(expected), rtol=0, atol=1e-12)
+    assert seen[0] == pytest.approx(2.0 / (1.5 * steps)) and seen[-1] == 2.0
+    assert vae.beta == 2.0
+
+
+def test_warmup_is_refused_with_iwae_and_negative_values(digits):
+    with pytest.raises(ValueError, match="warmup=0 with iwae"):
+        fit(small_vae(), digits, epochs=1, warmup=2, objective="iwae", particles=2)
+    with pytest.raises(ValueError, match="warmup must be"):
+        fit(small_vae(), digits, epochs=1, warmup=-1)
+
+
+def test_patience_counts_only_after_the_warm_up(digits):
+    """lr=0: the validation loss never improves after epoch 1, so patience=1 stops at epoch 2,
+    or with a 3-epoch warm-up at epoch 4, the first epoch after it."""
+    for warmup, epochs in ((0, 2), (3, 4)):
+        result = fit(
+            small_vae(), digits, epochs=8, patience=1, warmup=warmup, lr=0.0, progress=False
+        )
+        assert result.stopped_early and len(result.history) == epochs, (
+            f"warmup={warmup}: stopped after {len(result.history)} epochs, expected {epochs}"
+        )
