@@ -5,10 +5,13 @@ images: ``ppl_vae.log_likelihood`` on ``vae.model``/``vae.guide``; a hand-writte
 PyTorch reference for the same network (encode once, sample K z, decode, logsumexp); pythae
 0.1.2's ``get_nll`` on the same network when pythae is installed, with its default batching
 (``batch_size=100``: it re-encodes the image for every batch) and with ``batch_size=K``. Peak
-memory is measured per method in a fresh subprocess: the high-water mark of the resident set
-minus the resident set just before the call. ``--full`` also runs ``log_likelihood`` with
-diagnostics on all 10,000 test images in a subprocess and reports its time and peak memory,
-to show that memory does not grow with the number of images. Usage::
+memory is measured per method in a fresh subprocess: the largest anonymous resident memory
+sampled during the call minus its value just before, with glibc's malloc returning every large
+block to the system when it is freed (``MALLOC_MMAP_THRESHOLD_``), so that it follows live
+tensors.
+``--full`` also runs ``log_likelihood`` with diagnostics on all 10,000 test images in a
+subprocess and reports its time and peak memory, to show that memory does not grow with the
+number of images. Usage::
 
     python benchmarks/loglik_speed.py --k 5000 --n-images 20 [--full]
 """
@@ -18,10 +21,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import math
-import resource
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,9 +110,25 @@ def run_pythae(model, x: torch.Tensor, k: int, batch_size: int = 100) -> torch.T
         return torch.tensor(model.get_nll(images, n_samples=k, batch_size=batch_size))
 
 
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def anon_rss_mib() -> float:
+    """This process's anonymous resident memory (heap and tensors, not library code), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+
+
+class PeakSampler(threading.Thread):
+    """Samples :func:`anon_rss_mib` every half millisecond; ``peak`` is the largest value."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.done = anon_rss_mib(), threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(5e-4):
+            self.peak = max(self.peak, anon_rss_mib())
 
 
 def make_vae():
@@ -119,9 +139,9 @@ def make_vae():
 def memory_only(method: str, k: int, n: int) -> None:
     """Print the seconds and the peak memory above the baseline (MiB) of one method's call.
 
-    The baseline is the resident set after the same method has run once on one image with
-    10 particles: that pages in torch's kernels (about 200 MiB of shared-library code), which
-    would otherwise be counted as the method's memory.
+    Memory is anonymous resident memory (``RssAnon``: heap and tensors; not library code, whose
+    pages the kernel drops and faults back in at will), sampled every 0.5 ms during the call,
+    minus its value after the same method has run once on one image with 10 particles.
     """
     vae, x = make_vae(), load_images(n)
 
@@ -139,19 +159,25 @@ def memory_only(method: str, k: int, n: int) -> None:
             run_pythae(pythae_model(vae), xs, kk, batch)
 
     call(x[:1], 10)
-    base = current_rss_mib()
+    base = anon_rss_mib()
+    sampler = PeakSampler()
+    sampler.start()
     t0 = time.perf_counter()
     call(x, k)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{seconds:.3f} {peak - base:.1f}")
+    sampler.done.set()
+    sampler.join()
+    print(f"{seconds:.3f} {max(sampler.peak, anon_rss_mib()) - base:.1f}")
 
 
 def measure(key: str, k: int, n: int, threads: int) -> tuple[float, float]:
     """(seconds, peak MiB above baseline) of one method in a fresh process."""
     cmd = [sys.executable, __file__, "--memory-only", key, "--k", str(k)]
     cmd += ["--n-images", str(n), "--threads", str(threads)]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    # glibc otherwise raises its mmap threshold after the first large free and keeps freed
+    # blocks in the heap, so the resident set would track fragmentation, not live tensors.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**16)}
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)
     seconds, mib = out.stdout.strip().splitlines()[-1].split()
     return float(seconds), float(mib)
 
