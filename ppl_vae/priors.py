@@ -14,6 +14,8 @@ from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, ConditionalDe
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from .mixture import DiagonalNormalMixture
+
 __all__ = [
     "FLOW_TYPES",
     "PRIORS",
@@ -62,14 +64,14 @@ class MixturePrior(nn.Module):
 
     The means start at ``randn`` draws so the components begin spread over the region the
     standard Normal covers; the scales start at 1 and the weights uniform. Scoring ``n`` points
-    costs ``O(n C z_dim)``.
+    costs ``O(n C z_dim)``, as matrix products (:class:`~ppl_vae.mixture.DiagonalNormalMixture`).
 
     Args:
         z_dim: number of latent dimensions.
         components: number of mixture components ``C``.
 
-    ``forward()`` returns a ``MixtureSameFamily`` with batch shape ``()`` and event shape
-    ``(z_dim,)``; it broadcasts against any batch of z such as ``(K, N, z_dim)``.
+    ``forward()`` returns a :class:`~ppl_vae.mixture.DiagonalNormalMixture` with batch shape
+    ``()`` and event shape ``(z_dim,)``; it scores any batch of z such as ``(K, N, z_dim)``.
 
     >>> p = MixturePrior(2, components=3)()
     >>> p.log_prob(torch.zeros(4, 5, 2)).shape
@@ -88,9 +90,7 @@ class MixturePrior(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(components, z_dim))
 
     def forward(self) -> dist.Distribution:
-        mix = dist.Categorical(logits=self.logits)
-        comp = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)  # batch (C,)
-        return dist.MixtureSameFamily(mix, comp)
+        return DiagonalNormalMixture(self.logits, self.loc, self.log_scale.exp())
 
 
 class VampPrior(nn.Module):
@@ -149,8 +149,11 @@ class VampPrior(nn.Module):
 
     def forward(self) -> dist.Distribution:
         comp = self.encoder(self.u)  # batch (K,), event (z_dim,)
-        mix = dist.Categorical(logits=self.u.new_zeros(self.pseudo_inputs))
-        return dist.MixtureSameFamily(mix, comp)
+        logits = self.u.new_zeros(self.pseudo_inputs)
+        base = getattr(comp, "base_dist", None)
+        if isinstance(base, torch.distributions.Normal) and comp.reinterpreted_batch_ndims == 1:
+            return DiagonalNormalMixture(logits, base.loc, base.scale)  # matrix products
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), comp)
 
 
 class _Permutation(TransformModule):

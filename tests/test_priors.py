@@ -228,3 +228,46 @@ def test_make_prior_ignores_foreign_options_and_rejects_unknown_names() -> None:
         make_prior("gamma", 2)
     with pytest.raises(ValueError, match="encoder"):
         make_prior("vamp", 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_product_mixture_equals_mixture_same_family(dtype: torch.dtype) -> None:
+    """Values and gradients, with sharp components and points far from them (the expansion's
+    worst case: large terms that cancel)."""
+    from ppl_vae.mixture import DiagonalNormalMixture
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, generator=g, dtype=torch.float64)
+    loc = 3 * torch.randn(7, 4, generator=g, dtype=torch.float64)
+    scale = torch.exp(torch.randn(7, 4, generator=g, dtype=torch.float64) - 2)  # 0.01 .. 1
+    z = loc[torch.arange(30) % 7] + 0.1 * torch.randn(30, 4, generator=g, dtype=torch.float64)
+    z = torch.cat([z, 10 * torch.randn(5, 4, generator=g, dtype=torch.float64)])
+    params = [t.to(dtype).requires_grad_() for t in (logits, loc, scale)]
+    comp = dist.Normal(params[1], params[2]).to_event(1)
+    exact = dist.MixtureSameFamily(dist.Categorical(logits=params[0]), comp).log_prob(z.to(dtype))
+    fast = DiagonalNormalMixture(*params).log_prob(z.to(dtype))
+    assert fast.dtype == dtype
+    torch.testing.assert_close(fast, exact, rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=0)
+    g_exact = torch.autograd.grad(exact.sum(), params)
+    g_fast = torch.autograd.grad(fast.sum(), params)
+    for a, b, name in zip(g_fast, g_exact, ("logits", "loc", "scale"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+
+
+def test_matrix_product_mixture_in_a_plate_and_its_samples() -> None:
+    from ppl_vae.mixture import DiagonalNormalMixture
+
+    p = DiagonalNormalMixture(
+        torch.tensor([0.0, 1.0]), torch.tensor([[-2.0], [3.0]]), torch.tensor([[0.5], [0.2]])
+    )
+    with pyro.plate("data", 6):
+        trace = poutine.trace(lambda: pyro.sample("z", p)).get_trace()
+    site = trace.nodes["z"]
+    assert site["value"].shape == (6, 1) and site["fn"].batch_shape == (6,)
+    assert site["fn"].log_prob(site["value"]).shape == (6,)
+    torch.manual_seed(0)
+    draws = p.sample((20000,))
+    w1 = torch.sigmoid(torch.tensor(1.0))
+    torch.testing.assert_close(draws.mean(), (1 - w1) * -2.0 + w1 * 3.0, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match=r"expected logits \(C,\), loc and scale \(C, D\)"):
+        DiagonalNormalMixture(torch.zeros(2), torch.zeros(3, 1), torch.ones(3, 1))
