@@ -131,7 +131,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     pictures = []
     if data.image_shape is not None:
         pictures = _pictures(vae, data.test.to(run.device), data.image_shape, out, fit_config.seed)
-    pictures.append(plot_curves(result.history, out / "curves.png"))
+    plot_curves(result.history, out / "curves.png")
+    pictures.append(out / "curves.png")
     print(
         f"test log p(x) = {test['log_likelihood']:.2f} +- {test['stderr']:.2f} nats "
         f"(ELBO {test['elbo']:.2f}); Pareto k > 0.7 for "

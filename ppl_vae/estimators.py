@@ -31,6 +31,10 @@ DEFAULT_ROWS = 2**11
 
 _PARTICLES = "_ppl_vae_particles"
 
+#: Fewest importance samples for a Pareto k: arviz fits the tail to the largest
+#: ceil(min(K / 5, 3 sqrt(K))) weights and gives up (k = inf) below 5 of them, i.e. for K < 21.
+MIN_PSIS_SAMPLES = 21
+
 
 # --------------------------------------------------------------------------------------------
 # Shared machinery (also used by ppl_vae.iwae)
@@ -199,7 +203,7 @@ def _batches(
         batch_size = n
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         bar = tqdm(total=n, unit="point", desc=f"log p(x), K={num_samples}")
 
@@ -242,7 +246,8 @@ class LogLikelihood:
         stderr: delta-method standard error of log p̂(x_n), std(w) / (sqrt(K) mean(w)).
         ess: effective sample size (sum w)^2 / sum w^2, between 1 and K.
         pareto_k: PSIS shape estimate k̂ (Vehtari et al.); above 0.7 the estimate is unreliable.
-            Points whose K weights are all equal (an exact guide) get 0, not arviz's inf.
+            Points whose K weights are all equal (an exact guide) get 0, not arviz's inf; with
+            K < 21 there is too little tail to fit and every point gets NaN.
         num_samples: K.
     """
 
@@ -253,8 +258,13 @@ class LogLikelihood:
     num_samples: int
 
     def summary(self) -> dict[str, float]:
-        """Means over data points, and the share of points with k̂ > 0.7 (and > 1)."""
-        k = self.pareto_k
+        """Means over data points, and the share of points with k̂ > 0.7 (and > 1); the k̂
+        entries are NaN when no point has one (K < 21)."""
+        k = self.pareto_k[~torch.isnan(self.pareto_k)]
+
+        def share(threshold: float) -> float:
+            return (k > threshold).double().mean().item() if len(k) else math.nan
+
         return {
             "log_px": self.log_px.mean().item(),
             "nll": -self.log_px.mean().item(),
@@ -262,9 +272,9 @@ class LogLikelihood:
             "stderr": self.stderr.mean().item(),
             "ess": self.ess.mean().item(),
             "ess_fraction": self.ess.mean().item() / self.num_samples,
-            "pareto_k": k.mean().item(),
-            "share_k_above_0.7": (k > 0.7).double().mean().item(),
-            "share_k_above_1": (k > 1.0).double().mean().item(),
+            "pareto_k": k.mean().item() if len(k) else math.nan,
+            "share_k_above_0.7": share(0.7),
+            "share_k_above_1": share(1.0),
             "num_samples": float(self.num_samples),
         }
 
@@ -292,14 +302,18 @@ def _diagnose(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     w = torch.exp(lw - log_px)  # normalized to mean 1 per point, (K, B)
     stderr = w.std(0) / math.sqrt(k) if k > 1 else torch.full_like(lse, math.nan)
     ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, 0))
-    import arviz
+    if k < MIN_PSIS_SAMPLES:
+        pareto_k = torch.full_like(lse, math.nan)
+    else:
+        import arviz
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, kss = arviz.psislw(lw.T.cpu().numpy())
-    pareto_k = torch.as_tensor(kss, dtype=torch.float64).reshape(-1).to(lw.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, kss = arviz.psislw(lw.T.cpu().numpy())
+        pareto_k = torch.as_tensor(kss, dtype=torch.float64).reshape(-1).to(lw.device)
     # arviz gives k = inf when all weights are equal (an exact guide); no tail at all is k = 0.
     flat = (lw.max(0).values - lw.min(0).values) <= 1e-9 * lw.abs().max(0).values.clamp(min=1)
+    flat &= k > 1
     pareto_k = torch.where(flat, torch.zeros_like(pareto_k), pareto_k)
     dtype = log_w.dtype
     return log_px.to(dtype), stderr.to(dtype), ess.to(dtype), pareto_k.to(dtype)

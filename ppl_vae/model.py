@@ -65,6 +65,25 @@ class VAE(nn.Module):
     def _latent_scale(self) -> contextlib.AbstractContextManager:
         return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
 
+    def _register(self) -> None:
+        """``pyro.module(self.name, self)``, taking the name over from another module.
+
+        Pyro's param store keeps the first module registered under a name and would hand this
+        model that module's tensors as its param sites; ``SVI`` would then step tensors the
+        loss does not depend on, and nothing would train. So a model called after another one
+        with the same name (two VAEs in one session, both named ``"vae"``) replaces the
+        other's entries: the model being run is always the one trained.
+        """
+        if not self.pyro_module:
+            return
+        first_name, first = next(iter(self.named_parameters()))
+        store = pyro.get_param_store()
+        held = store._params.get(f"{self.name}$$${first_name}")
+        if held is not None and held is not first:
+            for key in [k for k in store.keys() if k.startswith(f"{self.name}$$$")]:
+                del store[key]
+        pyro.module(self.name, self)
+
     def _check(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[-1] != self.x_dim:
             raise ValueError(
@@ -75,8 +94,7 @@ class VAE(nn.Module):
     def model(self, x: Tensor) -> Tensor:
         """p(z) p(x|z) with ``x`` of shape ``(N, x_dim)`` observed; returns ``z``."""
         self._check(x)
-        if self.pyro_module:
-            pyro.module(self.name, self)
+        self._register()
         with pyro.plate("data", x.shape[0]):
             with self._latent_scale():
                 z = pyro.sample("z", self.prior())
@@ -86,8 +104,7 @@ class VAE(nn.Module):
     def guide(self, x: Tensor) -> Tensor:
         """q(z|x) for ``x`` of shape ``(N, x_dim)``; returns ``z`` of shape ``(N, z_dim)``."""
         self._check(x)
-        if self.pyro_module:
-            pyro.module(self.name, self)
+        self._register()
         with pyro.plate("data", x.shape[0]):
             with self._latent_scale():
                 return pyro.sample("z", self.encoder(x))
@@ -122,12 +139,13 @@ def build_vae(
     beta: float = 1.0,
     gaussian_scale: float = 1.0,
     learn_scale: bool = False,
+    name: str = "vae",
     **prior_options: object,
 ) -> VAE:
     """Build an MLP VAE; the defaults are the seed network (784-300-300-50, softplus, Bernoulli).
 
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
-    :func:`ppl_vae.priors.make_prior`.
+    :func:`ppl_vae.priors.make_prior`; ``name`` prefixes the parameters in Pyro's param store.
     """
     if prior == "polymodal":  # its guide differs too, so it is a VAE subclass of its own
         from .polymodal import build_polymodal_vae
@@ -141,10 +159,11 @@ def build_vae(
             beta,
             gaussian_scale=gaussian_scale,
             learn_scale=learn_scale,
+            name=name,
             **prior_options,
         )
     encoder = GaussianEncoder(x_dim, z_dim, hidden, activation)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
     p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
-    return VAE(encoder, decoder, p, beta=beta)
+    return VAE(encoder, decoder, p, beta=beta, name=name)

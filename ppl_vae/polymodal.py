@@ -246,6 +246,7 @@ def build_polymodal_vae(
     gaussian_scale: float = 1.0,
     learn_scale: bool = False,
     temperatures: tuple[float, float] = (1.0, 0.5),
+    name: str = "vae",
     **unused: object,
 ) -> PolymodalVAE:
     """Build an MLP VAE whose guide and prior are polymodal with ``modes`` Gaussians a dimension.
@@ -263,4 +264,4 @@ def build_polymodal_vae(
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
     prior = PolymodalPrior(z_dim, modes)
-    return PolymodalVAE(encoder, decoder, prior, beta=beta, temperatures=temperatures)
+    return PolymodalVAE(encoder, decoder, prior, beta=beta, temperatures=temperatures, name=name)

@@ -17,7 +17,7 @@ import pyro
 import torch
 from pyro.infer import SVI
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplits, check_data
@@ -155,6 +155,9 @@ def fit(
     run appends a line per epoch to ``out/metrics.jsonl`` and writes ``out/checkpoint.pt``
     atomically (parameters, optimizer state, random states, position in the epoch).
     ``resume=True`` continues from that checkpoint exactly as if the run had not stopped.
+    With ``config.patience`` set, the model comes back with the weights of its best validation
+    epoch, whether early stopping ended the run or the epochs ran out (the checkpoint keeps the
+    last weights for resuming, and the best ones, which ``ppl-vae evaluate`` loads).
     Ctrl-C finishes the current step, saves, and raises ``KeyboardInterrupt``.
 
     Args:
@@ -366,6 +369,6 @@ def fit(
         vae.pyro_module = True
         vae.beta = beta
         vae.eval()
-    if result.stopped_early and best_state is not None:
+    if best_state is not None:  # with patience set, fit returns the best epoch's weights
         vae.load_state_dict(best_state)
     return result

@@ -1,4 +1,9 @@
-"""Pictures: image grids of samples and reconstructions, training curves. Nothing here trains."""
+"""Pictures: image grids of samples and reconstructions, training curves. Nothing here trains.
+
+Figures are built with ``matplotlib.figure.Figure``, not pyplot: saving needs no display and
+importing this module leaves the user's backend alone (inline plots in notebooks keep working).
+Each function saves a PNG when given a path and returns the figure, which a notebook shows.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,30 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+__all__ = ["image_grid", "interleave", "plot_curves", "save_image_grid"]
 
-__all__ = ["interleave", "plot_curves", "save_image_grid"]
+
+def image_grid(
+    images: Tensor, image_shape: Sequence[int], nrow: int = 10, title: str | None = None
+) -> Figure:
+    """A figure of rows ``images`` of shape (N, H*W), values in [0, 1], as a grid of HxW tiles."""
+    h, w = image_shape
+    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, h, w)
+    grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)[0]
+    size = max(3.0, 0.45 * nrow * max(h, w) / 28 * 1.6)
+    fig = Figure(figsize=(size, size * grid.shape[0] / grid.shape[1]))
+    ax = fig.subplots()
+    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def save_image_grid(
@@ -24,19 +44,8 @@ def save_image_grid(
     nrow: int = 10,
     title: str | None = None,
 ) -> Path:
-    """Save rows ``images`` of shape (N, H*W), values in [0, 1], as one PNG grid of HxW tiles."""
-    h, w = image_shape
-    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, h, w)
-    grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)[0]
-    size = max(3.0, 0.45 * nrow * max(h, w) / 28 * 1.6)
-    fig, ax = plt.subplots(figsize=(size, size * grid.shape[0] / grid.shape[1]))
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Save :func:`image_grid` of ``images`` (N, H*W) as a PNG at ``path``; return the path."""
+    image_grid(images, image_shape, nrow, title).savefig(path, dpi=120)
     return Path(path)
 
 
@@ -50,10 +59,14 @@ def interleave(originals: Tensor, reconstructions: Tensor, nrow: int) -> Tensor:
     return torch.stack([o, r], dim=1).reshape(-1, originals.shape[-1])
 
 
-def plot_curves(history: Sequence[dict[str, float]], path: str | os.PathLike) -> Path:
-    """Plot training and validation loss (nats per data point) against the epoch."""
+def plot_curves(
+    history: Sequence[dict[str, float]], path: str | os.PathLike | None = None
+) -> Figure:
+    """Training and validation loss (nats per data point) against the epoch; saved as a PNG
+    at ``path`` if given."""
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")
     if history and "val_loss" in history[0]:
         ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
@@ -62,6 +75,6 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | os.PathLike) ->
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -202,6 +202,15 @@ def test_resume_with_other_settings_is_refused(digits, tmp_path):
     fit(small_vae(), digits, epochs=2, out=tmp_path, resume=True, progress=False)  # more epochs ok
 
 
+def test_patience_returns_the_best_weights_even_when_the_epochs_run_out(digits):
+    vae = small_vae()
+    result = fit(vae, digits, epochs=15, patience=100, lr=3e-2, progress=False)
+    assert not result.stopped_early
+    last, best = result.history[-1]["val_loss"], result.best_val_loss
+    assert best < last, "this setting was chosen for a last epoch worse than the best"
+    assert negative_bound(vae, digits.val, AnalyticKLELBO()) == pytest.approx(best, abs=1e-4)
+
+
 def test_early_stopping_restores_the_best_weights(digits):
     vae = small_vae()
     result = fit(vae, digits, epochs=50, patience=1, lr=3e-2, progress=False)
@@ -248,3 +257,18 @@ def test_patience_counts_only_after_the_warm_up(digits):
         assert result.stopped_early and len(result.history) == epochs, (
             f"warmup={warmup}: stopped after {len(result.history)} epochs, expected {epochs}"
         )
+
+
+def test_two_models_under_one_name_each_train_under_svi():
+    """Pyro's store keeps the first module under a name; SVI on a second model of the same
+    name would step the first one's tensors and leave its own untouched."""
+    x = torch.bernoulli(torch.full((3, 64), 0.5))
+    models = small_vae(), small_vae()  # both named "vae"
+    optim = pyro.optim.Adam({"lr": 0.1})
+    for _ in range(2):
+        for vae in models:
+            svi = pyro.infer.SVI(vae.model, vae.guide, optim, Trace_ELBO())
+            before = [p.detach().clone() for p in vae.parameters()]
+            svi.step(x)
+            moved = [not torch.equal(b, p) for b, p in zip(before, vae.parameters(), strict=True)]
+            assert all(moved), "SVI left this model's parameters unchanged"

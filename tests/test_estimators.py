@@ -273,3 +273,19 @@ def test_nan_log_density_names_the_points() -> None:
         log_likelihood(model, guide, x, num_samples=10)
     with pytest.raises(ValueError, match=r"the ELBO is NaN for 1 of 3"):
         elbo(model, guide, x, num_samples=10)
+
+
+@pytest.mark.parametrize("k", [1, 10, 20])
+def test_too_few_samples_for_psis_give_nan_pareto_k(lg: LinearGaussian, k: int) -> None:
+    """arviz cannot fit a tail below 21 weights (and crashes at 1): k is NaN, not inf."""
+    res = log_likelihood(
+        lg.model, lg.perturbed_guide(0.3), _data(lg, 3), num_samples=k, diagnostics=True
+    )
+    assert torch.isnan(res.pareto_k).all(), res.pareto_k
+    summary = res.summary()
+    assert math.isnan(summary["pareto_k"]) and math.isnan(summary["share_k_above_0.7"])
+    assert math.isfinite(summary["log_px"])
+    at_21 = log_likelihood(
+        lg.model, lg.perturbed_guide(0.3), _data(lg, 3), num_samples=21, diagnostics=True
+    )
+    assert torch.isfinite(at_21.pareto_k).all(), at_21.pareto_k
