@@ -120,14 +120,14 @@ def anon_rss_mib() -> float:
 
 
 class PeakSampler(threading.Thread):
-    """Samples :func:`anon_rss_mib` every half millisecond; ``peak`` is the largest value."""
+    """Samples :func:`anon_rss_mib` every 2 ms; ``peak`` is the largest value."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak, self.done = anon_rss_mib(), threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(5e-4):
+        while not self.done.wait(2e-3):
             self.peak = max(self.peak, anon_rss_mib())
 
 
@@ -140,7 +140,7 @@ def memory_only(method: str, k: int, n: int) -> None:
     """Print the seconds and the peak memory above the baseline (MiB) of one method's call.
 
     Memory is anonymous resident memory (``RssAnon``: heap and tensors; not library code, whose
-    pages the kernel drops and faults back in at will), sampled every 0.5 ms during the call,
+    pages the kernel drops and faults back in at will), sampled every 2 ms during the call,
     minus its value after the same method has run once on one image with 64 particles.
     """
     vae, x = make_vae(), load_images(n)

@@ -289,3 +289,37 @@ def test_too_few_samples_for_psis_give_nan_pareto_k(lg: LinearGaussian, k: int) 
         lg.model, lg.perturbed_guide(0.3), _data(lg, 3), num_samples=21, diagnostics=True
     )
     assert torch.isfinite(at_21.pareto_k).all(), at_21.pareto_k
+
+
+def _bernoulli_pair():
+    def model(x, w=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            logits = z.unsqueeze(-1) + (0.0 if w is None else w.sum())
+            logits = logits.expand(*z.shape, x.shape[-1])
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x, w=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], dtype=x.dtype), 1.0))
+
+    return model, guide
+
+
+def test_every_point_is_validated_though_the_particle_passes_are_not() -> None:
+    """Point 300 is not binary: the blockwise probe (256 rows a block) must reach it."""
+    model, guide = _bernoulli_pair()
+    x = torch.bernoulli(torch.full((400, 3), 0.5))
+    x[300, 1] = 0.5
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        log_likelihood(model, guide, x, num_samples=10)
+
+
+def test_tensor_arguments_that_are_not_the_data_are_left_whole() -> None:
+    """w (300 rows) is not split: slicing it does not shrink the data plate of 5 points."""
+    model, guide = _bernoulli_pair()
+    x = torch.bernoulli(torch.full((5, 3), 0.5))
+    w = torch.full((300, 2), 0.001)
+    est = log_likelihood(model, guide, x, w, num_samples=50)
+    pyro.set_rng_seed(0)
+    assert est.shape == (5,) and torch.isfinite(est).all()
