@@ -192,9 +192,7 @@ def _probe_in_blocks(
     if m > PROBE_ROWS:
         nesting = 0
         for lo, hi in _chunks(m, PROBE_ROWS):
-            a = tuple(_split(x, m, lo, hi) for x in args)
-            kw = {k: _split(v, m, lo, hi) for k, v in kwargs.items()}
-            block_nesting, size = probe(model, guide, a, kw, plate)
+            block_nesting, size = probe(model, guide, *_rows(args, kwargs, m, lo, hi), plate)
             if size != hi - lo:
                 break
             nesting = max(nesting, block_nesting)
@@ -207,6 +205,14 @@ def _split(obj: Any, n: int, start: int, stop: int) -> Any:
     if isinstance(obj, Tensor) and obj.dim() > 0 and obj.shape[0] == n:
         return obj[start:stop]
     return obj
+
+
+def _rows(args: tuple, kwargs: dict, n: int, start: int, stop: int) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with every tensor whose first dimension is ``n`` sliced."""
+    return (
+        tuple(_split(x, n, start, stop) for x in args),
+        {k: _split(v, n, start, stop) for k, v in kwargs.items()},
+    )
 
 
 def _chunks(total: int, size: int) -> list[tuple[int, int]]:
@@ -223,7 +229,7 @@ def _batches(
     batch_size: int | None,
     plate: str,
     progress: bool,
-) -> Iterator[tuple[int, int, Iterator[Tensor]]]:
+) -> Iterator[tuple[int, int, int, Iterator[Tensor]]]:
     """Yield ``(start, stop, n, chunks)``; ``chunks`` yields log weights ``(k_chunk, stop-start)``
     and ``n`` is the data plate's size."""
     if num_samples < 1:
@@ -259,8 +265,7 @@ def _batches(
             yield log_w
 
     for start, stop in _chunks(n, batch_size):
-        a = tuple(_split(x, n, start, stop) for x in args)
-        kw = {k: _split(v, n, start, stop) for k, v in kwargs.items()}
+        a, kw = _rows(args, kwargs, n, start, stop)
         yield start, stop, n, chunks(a, kw, stop - start)
         if bar is not None:
             bar.update(stop - start)

@@ -28,6 +28,7 @@ __all__ = ["FitConfig", "FitResult", "fit", "negative_bound"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+ENGINES = ("fast", "svi")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -57,9 +58,7 @@ class FitConfig:
         None, "stop after this many epochs without a better val loss (counted after warm-up)"
     )
     checkpoint_every: int = _opt(0, "also checkpoint every N steps in an epoch (0: epoch ends)")
-    engine: str = _opt(
-        "fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI", ("fast", "svi")
-    )
+    engine: str = _opt("fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI", ENGINES)
     progress: bool = _opt(True, "show a progress bar and a line per epoch")
     eval_batch_size: int = _opt(1000, "data points per validation batch")
 
@@ -187,8 +186,8 @@ def fit(
                 f"{name} data has {x.shape[1]} features per row but the model expects "
                 f"{vae.x_dim}; build the model with x_dim={x.shape[1]} or pass matching data"
             )
-    if config.engine not in ("fast", "svi"):
-        raise ValueError(f"unknown engine {config.engine!r}; choose 'fast' or 'svi'")
+    if config.engine not in ENGINES:
+        raise ValueError(f"unknown engine {config.engine!r}; choose one of {list(ENGINES)}")
     objective = make_objective(
         config.objective, config.particles, getattr(vae.prior, "analytic_kl", False)
     )
