@@ -2,6 +2,7 @@
 
 from .data import DataSplits, load_dataset
 from .estimators import LogLikelihood, elbo, log_likelihood
+from .handlers import KLWeight, kl_weight
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -13,6 +14,7 @@ from .nets import MLP, GaussianEncoder
 from .objectives import AnalyticKLELBO, make_objective
 from .polymodal import PolymodalPrior, PolymodalVAE
 from .priors import FlowPrior, MixturePrior, NormalPrior, VampPrior, make_prior
+from .program import Program, as_program
 from .stl import STLELBO
 from .train import FitConfig, FitResult, fit
 
@@ -29,17 +31,21 @@ __all__ = [
     "FitResult",
     "GaussianEncoder",
     "GaussianLikelihood",
+    "KLWeight",
     "LogLikelihood",
     "FlowPrior",
     "MixturePrior",
     "NormalPrior",
     "PolymodalPrior",
     "PolymodalVAE",
+    "Program",
     "STLELBO",
     "VampPrior",
+    "as_program",
     "build_vae",
     "elbo",
     "fit",
+    "kl_weight",
     "load_dataset",
     "log_likelihood",
     "make_objective",

@@ -13,17 +13,20 @@ from typing import Any
 
 import torch
 
+from .batching import check_finite
 from .checkpoint import CheckpointError
-from .data import check_data
+from .data import binarize_splits
 from .estimators import elbo as elbo_per_point
 from .estimators import log_likelihood
+from .program import ProgramError, check_observed
 from .runs import (
     RunConfig,
-    build_model,
+    build_program,
     check_features,
+    choose_binarization,
     load_data,
-    load_run,
-    save_config,
+    open_run,
+    read_config,
 )
 from .train import FitConfig, fit
 from .viz import interleave, plot_curves, save_image_grid
@@ -52,14 +55,19 @@ def _pick(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def _evaluate(vae, x: torch.Tensor, num_samples: int, progress: bool) -> dict[str, float]:
+def _evaluate(program, x: torch.Tensor, num_samples: int, progress: bool) -> dict[str, float]:
     """log p(x) with diagnostics, and the ELBO, averaged over the rows of ``x``."""
     result = log_likelihood(
-        vae.model, vae.guide, x, num_samples=num_samples, diagnostics=True, progress=progress
+        program.model,
+        program.guide,
+        x,
+        num_samples=num_samples,
+        diagnostics=True,
+        progress=progress,
     )
     summary = result.summary()
     torch.manual_seed(0)
-    bound = elbo_per_point(vae.model, vae.guide, x, num_samples=1).mean().item()
+    bound = elbo_per_point(program.model, program.guide, x, num_samples=1).mean().item()
     return {
         "log_likelihood": summary["log_px"],
         "nll": summary["nll"],
@@ -73,21 +81,25 @@ def _evaluate(vae, x: torch.Tensor, num_samples: int, progress: bool) -> dict[st
     }
 
 
-def _pictures(vae, x: torch.Tensor, image_shape, out: Path, seed: int) -> list[Path]:
+@torch.no_grad()
+def _pictures(program, x: torch.Tensor, image_shape, out: Path, seed: int) -> list[Path]:
+    """samples.png and reconstructions.png, each where the program has the method for it."""
     torch.manual_seed(seed)
-    nrow = 10
-    written = [
-        save_image_grid(
-            vae.sample(100),
-            image_shape,
-            out / "samples.png",
-            nrow,
-            "samples: mean of p(x|z), z ~ p(z)",
-        ),
-    ]
+    nrow, written = 10, []
+    sample, reconstruct = program.hook("sample"), program.hook("reconstruct")
+    if sample is not None:
+        written.append(
+            save_image_grid(
+                sample(100),
+                image_shape,
+                out / "samples.png",
+                nrow,
+                "samples: mean of p(x|z), z ~ p(z)",
+            )
+        )
     n = min(len(x), 50) // nrow * nrow
-    if n:
-        pairs = interleave(x[:n], vae.reconstruct(x[:n]), nrow)
+    if reconstruct is not None and n:
+        pairs = interleave(x[:n], reconstruct(x[:n]), nrow)
         written.append(
             save_image_grid(
                 pairs,
@@ -97,6 +109,9 @@ def _pictures(vae, x: torch.Tensor, image_shape, out: Path, seed: int) -> list[P
                 "test digits (odd rows) and reconstructions (even rows)",
             )
         )
+    missing = [m for m, fn in (("sample", sample), ("reconstruct", reconstruct)) if fn is None]
+    if missing:
+        print(f"no pictures from {', '.join(m + '()' for m in missing)}: {program.name} lacks it")
     return written
 
 
@@ -104,22 +119,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run, fit_config = _pick(RunConfig, args), _pick(FitConfig, args)
     out = Path(args.out)
     torch.manual_seed(fit_config.seed)
-    data = load_data(run, seed=fit_config.seed)
-    vae = build_model(run, data.x_dim)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, run, fit_config, data.x_dim)
-    n_params = sum(p.numel() for p in vae.parameters())
+    raw = load_data(dataclasses.replace(run, binarize="none"), seed=fit_config.seed)
+    program = build_program(run.recipe(raw.x_dim), raw.x_dim)
+    for _, module in program.modules():
+        module.to(run.device)
+    binarization = choose_binarization(run.binarize, program, raw.val[:2].to(run.device))
+    data = binarize_splits(raw, binarization, fit_config.seed)
+    run = dataclasses.replace(run, binarize=binarization)
+    n_params = sum(p.numel() for _, m in program.modules() for p in m.parameters())
     print(
         f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
-        f"points of {data.x_dim} features; model with {n_params:,} parameters"
+        f"points of {data.x_dim} features (binarization: {binarization}); {program.name}"
+        + (f" with {n_params:,} parameters" if n_params else "")
     )
     started = time.perf_counter()
-    result = fit(vae, data, config=fit_config, out=out, resume=args.resume)
+    result = fit(
+        program,
+        data,
+        config=fit_config,
+        out=out,
+        resume=args.resume,
+        run_info={"run": dataclasses.asdict(run)},
+    )
     seconds = time.perf_counter() - started
     if result.stopped_early and fit_config.progress:
         print(f"early stop: no better validation loss for {fit_config.patience} epochs")
     print(f"estimating test log p(x) with {run.eval_samples} importance samples per point...")
-    test = _evaluate(vae, data.test.to(run.device), run.eval_samples, fit_config.progress)
+    test_x = data.test.to(run.device)
+    test = _evaluate(program, test_x, run.eval_samples, fit_config.progress)
     metrics = {
         "dataset": data.name,
         "test": test,
@@ -130,7 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     pictures = []
     if data.image_shape is not None:
-        pictures = _pictures(vae, data.test.to(run.device), data.image_shape, out, fit_config.seed)
+        pictures = _pictures(program, test_x, data.image_shape, out, fit_config.seed)
     plot_curves(result.history, out / "curves.png")
     pictures.append(out / "curves.png")
     print(
@@ -146,24 +173,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_for_eval(args: argparse.Namespace):
-    vae, run, fit_config = load_run(args.run_dir, device=args.device)
+    """The run's program with its weights, its data, and the split asked for."""
+    doc = read_config(args.run_dir)
+    spec = doc.get("data")
     if args.dataset is not None:
-        run = dataclasses.replace(
-            run, dataset=args.dataset, data_dir=args.data_dir or run.data_dir
+        base = spec or {"binarization": "none", "seed": 0}
+        spec = {**base, "dataset": args.dataset, "data_dir": args.data_dir or base.get("data_dir")}
+    if spec is None:
+        raise ValueError(
+            f"{args.run_dir} does not record its data (fit was given tensors); name it with "
+            "--dataset (and --data-dir)"
         )
-    data = load_data(run, seed=fit_config.seed)
-    x = getattr(data, args.split)
-    check_features(vae, x, f"the {run.dataset} {args.split} split")
-    check_data(x, binary=run.likelihood == "bernoulli", what=f"the {args.split} split")
-    return vae, run, fit_config, data, x.to(run.device)
+    data = load_data(spec)
+    x = getattr(data, args.split).to(args.device or doc.get("run", {}).get("device") or "cpu")
+    name = f"the {spec['dataset']} {args.split} split"
+    run = open_run(args.run_dir, example=x[:2], device=str(x.device))
+    check_features(run, x, name)
+    check_finite((x,), name)
+    check_observed(run.program.model, run.program.guide, x, what=name)
+    return run, data, x
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    vae, run, _, data, x = _load_for_eval(args)
+    run, data, x = _load_for_eval(args)
     if args.limit:
         x = x[: args.limit]
     torch.manual_seed(args.seed)
-    metrics = _evaluate(vae, x, args.num_samples, progress=not args.json)
+    metrics = _evaluate(run.program, x, args.num_samples, progress=not args.json)
     metrics = {"dataset": data.name, "split": args.split, **metrics}
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -175,17 +211,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@torch.no_grad()
 def _cmd_pictures(args: argparse.Namespace) -> int:
-    vae, run, fit_config, data, x = _load_for_eval(args)
+    run, data, x = _load_for_eval(args)
     if data.image_shape is None:
         raise ValueError(f"{data.name} is not image data; there is nothing to draw")
     torch.manual_seed(args.seed)
     out = Path(args.output or Path(args.run_dir) / f"{args.command}.png")
+    what = f"ppl-vae {args.command}"
     if args.command == "sample":
-        images, title = vae.sample(args.n), "samples: mean of p(x|z), z ~ p(z)"
+        images = run.program.require("sample", what)(args.n)
+        title = "samples: mean of p(x|z), z ~ p(z)"
     else:
         n = max(10, args.n // 10 * 10)
-        images = interleave(x[:n], vae.reconstruct(x[:n]), 10)
+        reconstruct = run.program.require("reconstruct", what)
+        images = interleave(x[:n], reconstruct(x[:n]), 10)
         title = f"{args.split} digits (odd rows) and reconstructions (even rows)"
     save_image_grid(images, data.image_shape, out, 10, title)
     print(f"wrote {out}")
@@ -261,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError, ProgramError) as e:
         print(f"ppl-vae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

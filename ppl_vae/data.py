@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "DATASETS",
     "DataSplits",
     "binarize",
+    "binarize_splits",
     "check_data",
     "load_dataset",
 ]
@@ -49,6 +51,9 @@ class DataSplits:
         train, val, test: data points as rows; values in [0, 1] for image data.
         image_shape: (height, width) of one image, or None for non-image data.
         dynamic: the training split is grey-level and is to be binarized afresh every epoch.
+        binarization: how the splits were binarized (one of :data:`BINARIZE`).
+        spec: how to load the same data again (``load_dataset``'s arguments), which run
+            folders record; None for splits made by hand.
     """
 
     name: str
@@ -57,6 +62,8 @@ class DataSplits:
     test: Tensor
     image_shape: tuple[int, int] | None = None
     dynamic: bool = False
+    binarization: str = "none"
+    spec: dict[str, Any] | None = None
 
     @property
     def x_dim(self) -> int:
@@ -281,16 +288,36 @@ def load_dataset(
         )
     for split, x in (("train", train), ("val", val), ("test", test)):
         check_data(x, what=f"{name} {split} split")
-    data = DataSplits(name, train, val, test, image_shape)
+    spec = {
+        "dataset": name,
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "binarization": "none",
+        "seed": seed,
+    }
+    data = DataSplits(name, train, val, test, image_shape, spec=spec)
+    return binarize_splits(data, binarization, seed)
+
+
+def binarize_splits(data: DataSplits, binarization: str, seed: int = 0) -> DataSplits:
+    """``data`` (grey levels) binarized as :data:`BINARIZE` says: ``dynamic`` binarizes the
+    validation and test splits once with ``seed`` and marks the training split for redrawing
+    every epoch; ``static`` and ``threshold`` binarize every split once; ``none`` keeps them."""
+    if binarization not in BINARIZE:
+        raise ValueError(f"unknown binarization {binarization!r}; choose one of {list(BINARIZE)}")
+    if data.binarization != "none":
+        raise ValueError(f"{data.name} is binarized already ({data.binarization})")
+    spec = {**data.spec, "binarization": binarization} if data.spec is not None else None
     if binarization == "none":
         return data
+    train, val, test = data.train, data.val, data.test
     if binarization != "threshold" and (train.min() < 0 or train.max() > 1):
         raise ValueError(
-            f"{name} has values outside [0, 1], so it cannot be binarized stochastically; "
+            f"{data.name} has values outside [0, 1], so it cannot be binarized stochastically; "
             "rescale it or use --binarize none with a Gaussian likelihood"
         )
     g = torch.Generator().manual_seed(seed + 1)
     val, test = binarize(val, binarization, g), binarize(test, binarization, g)
+    marks = {"binarization": binarization, "spec": spec}
     if binarization == "dynamic":
-        return replace(data, val=val, test=test, dynamic=True)
-    return replace(data, train=binarize(train, binarization, g), val=val, test=test)
+        return replace(data, val=val, test=test, dynamic=True, **marks)
+    return replace(data, train=binarize(train, binarization, g), val=val, test=test, **marks)

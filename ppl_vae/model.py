@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
+from .handlers import parameters_held
 from .likelihoods import Decoder, make_likelihood
 from .nets import GaussianEncoder
 from .priors import make_prior
@@ -26,13 +26,15 @@ class VAE(nn.Module):
 
     Site names are fixed: ``"z"`` (latent), ``"x"`` (observation), in ``pyro.plate("data")``.
     Any Pyro objective (``Trace_ELBO``, ``TraceMeanField_ELBO``, the IWAE bound) and every
-    estimator in this package work on ``vae.model`` / ``vae.guide``.
+    estimator in this package work on ``vae.model`` / ``vae.guide``; to :func:`ppl_vae.fit` it
+    is one program among others (:mod:`ppl_vae.program`). The KL weight (beta) is not part of
+    the model: ``fit(vae, data, beta=4)`` applies it, and so does
+    :func:`ppl_vae.handlers.kl_weight` around ``model`` and ``guide`` for Pyro's own SVI.
 
     Args:
         encoder: module mapping ``x`` of shape ``(N, x_dim)`` to q(z|x), event shape ``(z_dim,)``.
         decoder: module mapping ``z`` of shape ``(..., z_dim)`` to p(x|z), event ``(x_dim,)``.
         prior: module whose ``forward()`` returns p(z); the standard Normal by default.
-        beta: weight of the latent site in the bound (beta-VAE; 1 is the ELBO).
         name: prefix of the networks' parameters in Pyro's parameter store.
 
     >>> vae = build_vae(x_dim=4, z_dim=2, hidden=(8,))
@@ -47,7 +49,6 @@ class VAE(nn.Module):
         encoder: nn.Module,
         decoder: nn.Module,
         prior: nn.Module | None = None,
-        beta: float = 1.0,
         name: str = "vae",
     ) -> None:
         super().__init__()
@@ -55,15 +56,10 @@ class VAE(nn.Module):
         self.x_dim: int = decoder.x_dim
         self.z_dim: int = decoder.z_dim
         self.prior = prior if prior is not None else make_prior("normal", self.z_dim)
-        self.beta = float(beta)
         self.name = name
-        #: Register the networks with ``pyro.module`` on every call. Needed when Pyro's
-        #: optimizers find the parameters in the trace (``pyro.infer.SVI``); :func:`ppl_vae.fit`
-        #: owns the parameters itself and turns this off, which saves 0.6 ms a step.
-        self.pyro_module = True
-
-    def _latent_scale(self) -> contextlib.AbstractContextManager:
-        return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
+        #: How to build this model again (``build_vae`` and its arguments), which run folders
+        #: record so that ``ppl-vae evaluate`` can rebuild it; None for a model built by hand.
+        self.recipe: dict[str, Any] | None = None
 
     def _register(self) -> None:
         """``pyro.module(self.name, self)``, taking the name over from another module.
@@ -74,7 +70,7 @@ class VAE(nn.Module):
         with the same name (two VAEs in one session, both named ``"vae"``) replaces the
         other's entries: the model being run is always the one trained.
         """
-        if not self.pyro_module:
+        if parameters_held():  # the trainer steps the parameters itself (ppl_vae.fit)
             return
         first_name, first = next(iter(self.named_parameters()))
         store = pyro.get_param_store()
@@ -91,28 +87,33 @@ class VAE(nn.Module):
                 "flatten images to rows, and use the dataset the model was trained on"
             )
 
-    def model(self, x: Tensor) -> Tensor:
-        """p(z) p(x|z) with ``x`` of shape ``(N, x_dim)`` observed; returns ``z``."""
+    def model(self, x: Tensor, *labels: Tensor) -> Tensor:
+        """p(z) p(x|z) with ``x`` of shape ``(N, x_dim)`` observed; returns ``z``. Further
+        arguments (labels that travel with the data) are ignored."""
         self._check(x)
         self._register()
         with pyro.plate("data", x.shape[0]):
-            with self._latent_scale():
-                z = pyro.sample("z", self.prior())
+            z = pyro.sample("z", self.prior())
             pyro.sample("x", self.decoder(z), obs=x)
         return z
 
-    def guide(self, x: Tensor) -> Tensor:
+    def guide(self, x: Tensor, *labels: Tensor) -> Tensor:
         """q(z|x) for ``x`` of shape ``(N, x_dim)``; returns ``z`` of shape ``(N, z_dim)``."""
         self._check(x)
         self._register()
         with pyro.plate("data", x.shape[0]):
-            with self._latent_scale():
-                return pyro.sample("z", self.encoder(x))
+            return pyro.sample("z", self.encoder(x))
+
+    def encode(self, x: Tensor) -> torch.distributions.Distribution:
+        """The posterior q(z|x) for ``x`` of shape ``(N, x_dim)``: a distribution with batch
+        shape ``(N,)`` and event shape ``(z_dim,)``; its ``mean`` is the embedding."""
+        self._check(x)
+        return self.encoder(x)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Mean of p(x | z = mean of q(z|x)); shape ``(N, x_dim)``."""
-        return self.decoder(self.encoder(x).mean).mean
+        return self.decoder(self.encode(x).mean).mean
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
@@ -136,7 +137,6 @@ def build_vae(
     activation: str = "softplus",
     likelihood: str = "bernoulli",
     prior: str = "normal",
-    beta: float = 1.0,
     gaussian_scale: float = 1.0,
     learn_scale: bool = False,
     name: str = "vae",
@@ -146,24 +146,45 @@ def build_vae(
 
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
     :func:`ppl_vae.priors.make_prior`; ``name`` prefixes the parameters in Pyro's param store.
+    The arguments are kept as ``vae.recipe`` (plain numbers and strings; a tensor option such
+    as ``pseudo_init`` is left out), which run folders record to rebuild the model.
     """
+    if "beta" in prior_options:
+        raise TypeError(
+            "beta is not part of the model: pass it to fit(vae, data, beta=...) (--beta), or "
+            "wrap model and guide with ppl_vae.kl_weight(fn, beta) for Pyro's SVI"
+        )
+    recipe = {
+        "x_dim": x_dim,
+        "z_dim": z_dim,
+        "hidden": list(hidden),
+        "activation": activation,
+        "likelihood": likelihood,
+        "prior": prior,
+        "gaussian_scale": gaussian_scale,
+        "learn_scale": learn_scale,
+        **{k: v for k, v in prior_options.items() if isinstance(v, (int, float, str, bool))},
+    }
     if prior == "polymodal":  # its guide differs too, so it is a VAE subclass of its own
         from .polymodal import build_polymodal_vae
 
-        return build_polymodal_vae(
+        vae = build_polymodal_vae(
             x_dim,
             z_dim,
             hidden,
             activation,
             likelihood,
-            beta,
             gaussian_scale=gaussian_scale,
             learn_scale=learn_scale,
             name=name,
             **prior_options,
         )
+        vae.recipe = {"builder": "build_vae", "kwargs": recipe}
+        return vae
     encoder = GaussianEncoder(x_dim, z_dim, hidden, activation)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
     p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
-    return VAE(encoder, decoder, p, beta=beta, name=name)
+    vae = VAE(encoder, decoder, p, name=name)
+    vae.recipe = {"builder": "build_vae", "kwargs": recipe}
+    return vae

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
@@ -14,9 +16,9 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match
 from torch import Tensor
 
-__all__ = ["OBJECTIVES", "AnalyticKLELBO", "make_objective"]
+__all__ = ["OBJECTIVES", "AnalyticKLELBO", "closed_form_kl_sites", "make_objective"]
 
-#: ``auto`` picks ``mean-field`` where every prior has an analytic KL, else ``stl``.
+#: ``auto`` picks ``mean-field`` where every latent site has a closed-form KL, else ``stl``.
 OBJECTIVES = ("auto", "mean-field", "elbo", "stl", "iwae", "iwae-dreg")
 
 
@@ -112,28 +114,74 @@ class AnalyticKLELBO(ELBO):
         return torch_item(loss)
 
 
-def make_objective(name: str, particles: int = 1, analytic_kl: bool = True) -> ELBO:
+def closed_form_kl_sites(
+    model: Callable, guide: Callable, *args: Any, **kwargs: Any
+) -> dict[str, bool]:
+    """For every latent site of the program, whether ``kl_divergence(guide site, model site)``
+    has a closed form (is registered), read from one guide trace and the model replayed on it.
+
+    >>> import pyro, pyro.distributions as dist
+    >>> def model():
+    ...     pyro.sample("a", dist.Normal(0.0, 1.0))
+    ...     pyro.sample("b", dist.Gamma(1.0, 1.0))
+    >>> def guide():
+    ...     pyro.sample("a", dist.Normal(1.0, 2.0))
+    ...     pyro.sample("b", dist.LogNormal(0.0, 1.0))
+    >>> closed_form_kl_sites(model, guide)
+    {'a': True, 'b': False}
+    """
+    with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    found = {}
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        if name not in guide_trace.nodes:
+            found[name] = False
+            continue
+        try:
+            kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
+            found[name] = True
+        except NotImplementedError:
+            found[name] = False
+    return found
+
+
+def make_objective(
+    name: str, particles: int = 1, closed_form_kl: dict[str, bool] | bool = True
+) -> ELBO:
     """The Pyro ELBO called ``name`` (one of :data:`OBJECTIVES`) with ``particles`` draws.
 
     Args:
         name: ``mean-field`` (analytic KL, :class:`AnalyticKLELBO`), ``elbo`` (Monte Carlo KL,
             ``pyro.infer.Trace_ELBO``), ``stl`` (sticking the landing), ``iwae`` (importance
             weighted bound with K = ``particles``), ``iwae-dreg`` (IWAE with doubly
-            reparameterized guide gradients), or ``auto``.
+            reparameterized guide gradients), or ``auto``: ``mean-field`` when every latent
+            site has a closed-form KL, else ``stl``.
         particles: draws per data point (the K of the IWAE bound).
-        analytic_kl: whether the model's prior admits a closed-form KL.
+        closed_form_kl: per latent site, whether its KL has a closed form, as
+            :func:`closed_form_kl_sites` reads it from the program (or one bool for all).
     """
     if particles < 1:
         raise ValueError(f"particles must be at least 1, got {particles}")
+    sites = closed_form_kl if isinstance(closed_form_kl, dict) else {"z": bool(closed_form_kl)}
+    lacking = [site for site, ok in sites.items() if not ok]
     if name == "auto":
         # Without a closed-form KL, STL's gradient has no score term: on digits it turned the
         # Monte Carlo KL's +0.14 nats against the analytic KL into -0.08 (benchmarks/README.md).
-        name = "mean-field" if analytic_kl else "stl"
+        name = "stl" if lacking else "mean-field"
     if name == "mean-field":
-        if not analytic_kl:
+        if lacking:
+            where = (
+                f"latent site {lacking[0]!r}" if isinstance(closed_form_kl, dict) else "the prior"
+            )
             raise ValueError(
-                "objective 'mean-field' needs a closed-form KL, which this prior lacks; "
-                "use 'elbo', 'stl', 'iwae' or 'iwae-dreg'"
+                f"objective 'mean-field' needs a closed-form KL, which {where} lacks (no "
+                "kl_divergence registered for its guide and model distributions); use 'elbo', "
+                "'stl', 'iwae' or 'iwae-dreg'"
             )
         return AnalyticKLELBO(num_particles=particles)
     if name == "elbo":

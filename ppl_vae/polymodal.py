@@ -209,7 +209,6 @@ class PolymodalVAE(VAE):
         encoder: a :class:`PolymodalEncoder`.
         decoder: the decoder p(x|z).
         prior: the prior; a :class:`~ppl_vae.priors.PolymodalPrior` in :func:`build_polymodal_vae`.
-        beta: weight of the latent site.
         temperatures: ``(tau_0, tau_1)``, the first and the last epoch's temperatures.
     """
 
@@ -218,11 +217,10 @@ class PolymodalVAE(VAE):
         encoder: PolymodalEncoder,
         decoder: nn.Module,
         prior: nn.Module | None = None,
-        beta: float = 1.0,
         temperatures: tuple[float, float] = (1.0, 0.5),
         name: str = "vae",
     ) -> None:
-        super().__init__(encoder, decoder, prior, beta=beta, name=name)
+        super().__init__(encoder, decoder, prior, name=name)
         if min(temperatures) <= 0:
             raise ValueError(f"temperatures must be positive, got {temperatures}")
         self.temperatures = (float(temperatures[0]), float(temperatures[1]))
@@ -241,7 +239,6 @@ def build_polymodal_vae(
     hidden: Sequence[int] = (300, 300),
     activation: str = "softplus",
     likelihood: str = "bernoulli",
-    beta: float = 1.0,
     modes: int = 3,
     gaussian_scale: float = 1.0,
     learn_scale: bool = False,
@@ -264,4 +261,4 @@ def build_polymodal_vae(
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
     prior = PolymodalPrior(z_dim, modes)
-    return PolymodalVAE(encoder, decoder, prior, beta=beta, temperatures=temperatures, name=name)
+    return PolymodalVAE(encoder, decoder, prior, temperatures=temperatures, name=name)

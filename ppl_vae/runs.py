@@ -1,43 +1,61 @@
-"""A run folder: the recipe (``config.json``), checkpoint, metrics and pictures of a model."""
+"""A run folder: ``config.json`` (how to rebuild the program and reload its data), the checkpoint,
+the metrics and the pictures; and the programs the CLI builds, built-in or from a factory."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .data import BINARIZE, DataSplits, load_dataset
+from .data import BINARIZE, DataSplits, binarize_splits, load_dataset
 from .likelihoods import LIKELIHOODS
-from .model import PRESETS, VAE, build_vae
+from .model import PRESETS, build_vae
 from .priors import FLOW_TYPES, PRIORS
-from .train import CHECKPOINT, FitConfig, _opt
+from .program import Program, ProgramError, as_program, binary_observation
+from .train import CHECKPOINT, CONFIG, FitConfig, _first_trace, _opt
 
 __all__ = [
-    "CONFIG",
+    "Run",
     "RunConfig",
-    "build_model",
+    "build_program",
     "check_features",
+    "choose_binarization",
     "load_data",
-    "load_run",
-    "save_config",
+    "load_factory",
+    "open_run",
+    "read_config",
 ]
-
-CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What to model and with which network; every field is a flag of ``ppl-vae train``."""
+    """What to model and on which data; every field is a flag of ``ppl-vae train``."""
 
     dataset: str = _opt("mnist5k", "mnist5k, digits, mnist, fashion-mnist, kmnist or a .npy/.npz")
     data_dir: str | None = _opt(None, "folder with the IDX files (mnist, fashion-mnist, kmnist)")
     download: bool = _opt(False, "let torchvision download the IDX files (needs a network)")
-    binarize: str = _opt("dynamic", "how to binarize images", BINARIZE)
+    binarize: str = _opt(
+        "auto",
+        "how to binarize images; auto: dynamic under a Bernoulli likelihood, else none",
+        ("auto", *BINARIZE),
+    )
+    model: str | None = _opt(
+        None,
+        "your own program: FILE.py:factory or package.module:factory, a function returning an "
+        "object with model() and guide() (the network flags below then do not apply)",
+    )
+    model_args: str | None = _opt(
+        None, "JSON keyword arguments for the factory, e.g. '{\"z\": 8}'"
+    )
     likelihood: str = _opt("bernoulli", "p(x|z)", LIKELIHOODS)
     gaussian_scale: float = _opt(1.0, "the Gaussian likelihood's (initial) standard deviation")
     learn_scale: bool = _opt(False, "learn the Gaussian likelihood's scale per feature")
@@ -53,7 +71,6 @@ class RunConfig:
         None, "flow prior: kind of layer (default: the prior's)", FLOW_TYPES
     )
     modes: int = _opt(3, "polymodal latent: Gaussians per latent dimension")
-    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
     eval_samples: int = _opt(1000, "importance samples per test point for log p(x)")
     device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
 
@@ -75,78 +92,249 @@ class RunConfig:
             net["activation"] = self.activation
         return net
 
+    def recipe(self, x_dim: int) -> dict[str, Any]:
+        """The program these flags describe, as a run folder records it."""
+        if self.model is not None:
+            try:
+                kwargs = json.loads(self.model_args) if self.model_args else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--model-args is not JSON ({e}): {self.model_args!r}") from None
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"--model-args must be a JSON object, got {self.model_args!r}")
+            return factory_recipe(self.model, kwargs)
+        prior_options = {
+            "components": self.components,
+            "pseudo_inputs": self.pseudo_inputs,
+            "flow_layers": self.flow_layers,
+            "flow_type": self.flow_type,
+            "modes": self.modes,
+        }
+        net = self.network()
+        kwargs = {
+            "x_dim": x_dim,
+            **net,
+            "hidden": list(net["hidden"]),
+            "likelihood": self.likelihood,
+            "prior": self.prior,
+            "gaussian_scale": self.gaussian_scale,
+            "learn_scale": self.learn_scale,
+            **{k: v for k, v in prior_options.items() if v is not None},
+        }
+        return {"builder": "build_vae", "kwargs": kwargs}
 
-def load_data(config: RunConfig, seed: int = 0) -> DataSplits:
-    """The dataset a run config names, split and binarized as it says."""
-    return load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        download=config.download,
-        binarization=config.binarize,
-        seed=seed,
+
+# --------------------------------------------------------------------------------------------
+# Programs from recipes: the built-in VAE, or a user's factory
+# --------------------------------------------------------------------------------------------
+
+
+def factory_recipe(spec: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe of ``spec`` (``FILE.py:name`` or ``package.module:name``), with the file's
+    absolute path kept so a run folder can be read from another working directory."""
+    if ":" not in spec:
+        raise ValueError(f"--model takes FILE.py:factory or package.module:factory, got {spec!r}")
+    where, _ = spec.rsplit(":", 1)
+    recipe: dict[str, Any] = {"builder": "factory", "spec": spec, "kwargs": dict(kwargs or {})}
+    if where.endswith(".py"):
+        recipe["path"] = str(Path(where).expanduser().resolve())
+    return recipe
+
+
+def _import_factory(recipe: dict[str, Any]) -> Any:
+    where, name = recipe["spec"].rsplit(":", 1)
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file() and recipe.get("path"):
+            path = Path(recipe["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"no such model file: {where} (from --model {recipe['spec']})")
+        module_name = f"_ppl_vae_user_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"cannot import {where} (from --model {recipe['spec']}): {e}") from e
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{where} has no function {name!r} (from --model {recipe['spec']})")
+    return factory
+
+
+def load_factory(spec: str, x_dim: int | None = None, **kwargs: Any) -> Program:
+    """Build the program ``spec`` names (``FILE.py:factory`` or ``package.module:factory``):
+    ``factory(**kwargs)``, given ``x_dim`` too when its signature has that parameter. The
+    factory returns an object with ``model`` and ``guide`` methods, or a ``(model, guide)``
+    pair. The program keeps its recipe, so a run folder written by ``fit`` can rebuild it."""
+    return build_program(factory_recipe(spec, kwargs), x_dim)
+
+
+def build_program(recipe: dict[str, Any], x_dim: int | None = None) -> Program:
+    """The program a recipe describes (see :class:`~ppl_vae.program.Program`)."""
+    if recipe.get("builder") == "build_vae":
+        return as_program(build_vae(**recipe["kwargs"]))
+    if recipe.get("builder") != "factory":
+        raise ValueError(f"unknown program recipe {recipe!r}")
+    factory = _import_factory(recipe)
+    kwargs = dict(recipe.get("kwargs") or {})
+    try:
+        accepts_x_dim = "x_dim" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepts_x_dim = False
+    if accepts_x_dim and x_dim is not None and "x_dim" not in kwargs:
+        kwargs["x_dim"] = x_dim
+        recipe = {**recipe, "kwargs": kwargs}
+    try:
+        obj = factory(**kwargs)
+    except TypeError as e:
+        raise ProgramError(f"calling {recipe['spec']} with {kwargs} failed: {e}") from e
+    program = as_program(obj)
+    program.recipe = recipe
+    return program
+
+
+def choose_binarization(requested: str, program: Program, x: torch.Tensor) -> str:
+    """``auto`` becomes ``dynamic`` when the program observes ``x`` (a few rows) with a
+    Bernoulli likelihood and ``none`` otherwise; an explicit binarization under another
+    likelihood is an error with a hint."""
+    binary = binary_observation(program.model, program.guide, x)
+    if requested == "auto":
+        return "dynamic" if binary else "none"
+    if requested != "none" and not binary:
+        raise ValueError(
+            f"--binarize {requested} only goes with a Bernoulli likelihood, and {program.name} "
+            "observes the data with another one; drop --binarize (auto keeps grey levels as "
+            "they are) or use --likelihood bernoulli"
+        )
+    return requested
+
+
+def load_data(run: RunConfig | dict[str, Any], seed: int = 0) -> DataSplits:
+    """The dataset a run config (or a recorded data spec) names, split and binarized."""
+    if isinstance(run, RunConfig):
+        spec = {
+            "dataset": run.dataset,
+            "data_dir": run.data_dir,
+            "binarization": run.binarize,
+            "seed": seed,
+        }
+        download = run.download
+    else:
+        spec, download = run, False
+    data = load_dataset(
+        spec["dataset"],
+        data_dir=spec.get("data_dir"),
+        download=download,
+        binarization="none",
+        seed=spec.get("seed", seed),
     )
+    binarization = spec.get("binarization", "none")
+    if binarization == "auto":
+        return data
+    return binarize_splits(data, binarization, spec.get("seed", seed))
 
 
-def build_model(config: RunConfig, x_dim: int) -> VAE:
-    """The VAE a run config describes, for data with ``x_dim`` features, on its device."""
-    prior_options = {
-        "components": config.components,
-        "pseudo_inputs": config.pseudo_inputs,
-        "flow_layers": config.flow_layers,
-        "flow_type": config.flow_type,
-        "modes": config.modes,
-    }
-    vae = build_vae(
-        x_dim,
-        likelihood=config.likelihood,
-        prior=config.prior,
-        beta=config.beta,
-        gaussian_scale=config.gaussian_scale,
-        learn_scale=config.learn_scale,
-        **config.network(),
-        **{k: v for k, v in prior_options.items() if v is not None},
-    )
-    return vae.to(config.device)
+# --------------------------------------------------------------------------------------------
+# Reading a run folder
+# --------------------------------------------------------------------------------------------
 
 
-def save_config(out: str | os.PathLike, run: RunConfig, fit: FitConfig, x_dim: int) -> None:
-    """Write the recipe of a run to ``out/config.json``."""
-    doc = {"run": asdict(run), "fit": asdict(fit), "x_dim": x_dim}
-    (Path(out) / CONFIG).write_text(json.dumps(doc, indent=2) + "\n")
+@dataclass
+class Run:
+    """A run folder read back: its program (weights loaded, eval mode), the data spec it was
+    trained on (None if fit was given tensors), its fit settings and the rest of config.json."""
+
+    program: Program
+    data: dict[str, Any] | None
+    fit: FitConfig
+    info: dict[str, Any]
+
+    @property
+    def x_dim(self) -> int | None:
+        recipe = self.program.recipe or {}
+        return recipe.get("kwargs", {}).get("x_dim")
 
 
-def load_run(
-    run_dir: str | os.PathLike, device: str | None = None
-) -> tuple[VAE, RunConfig, FitConfig]:
-    """Rebuild the model of a run folder and load its trained weights (in eval mode)."""
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``run_dir/config.json``, or an error that says how to make a run folder."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a run folder (no {CONFIG}); make one with "
-            f"`ppl-vae train --out {run_dir}`"
+            f"`ppl-vae train --out {run_dir}` or fit(..., out={str(run_dir)!r})"
         )
-    doc = json.loads((run_dir / CONFIG).read_text())
-    known = {f.name for f in fields(RunConfig)}
-    run = RunConfig(**{k: v for k, v in doc["run"].items() if k in known})
-    if device is not None:
-        run = RunConfig(**{**asdict(run), "device": device})
-    fit = FitConfig(**doc["fit"])
-    vae = build_model(run, doc["x_dim"])
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=run.device)
     try:
-        vae.load_state_dict(state["best_state"] or state["model"])
-    except (RuntimeError, KeyError) as e:
+        return json.loads((run_dir / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{run_dir / CONFIG} is not valid JSON: {e}") from e
+
+
+def open_run(
+    run_dir: str | os.PathLike,
+    example: Any = None,
+    device: str | None = None,
+    program: Any = None,
+) -> Run:
+    """Rebuild the program of a run folder and load its trained weights (the best epoch's,
+    when patience kept them).
+
+    Args:
+        run_dir: a folder written by ``fit(..., out=...)`` or ``ppl-vae train``.
+        example: a batch to run the program on once, which creates the ``pyro.param``
+            tensors of a program that has them (needed before loading into them).
+        device: where to put the program's modules (default: the run's).
+        program: the program itself, for a run whose program was built by hand in Python
+            (config.json then has no recipe).
+    """
+    run_dir = Path(run_dir)
+    doc = read_config(run_dir)
+    fit_config = FitConfig(**doc["fit"])
+    if program is not None:
+        prog = as_program(program)
+    elif doc.get("program") is None:
+        raise ProgramError(
+            f"{run_dir} was trained on a program built by hand in Python, which it cannot "
+            "rebuild; in Python pass it: open_run(dir, program=obj). To get folders the CLI "
+            "can read, build with build_vae(...) or ppl_vae.runs.load_factory(...), or train "
+            "with `ppl-vae train --model FILE.py:factory`"
+        )
+    else:
+        x_dim = doc["program"].get("kwargs", {}).get("x_dim")
+        prog = build_program(doc["program"], x_dim)
+    device = device or doc.get("run", {}).get("device") or "cpu"
+    for _, module in prog.modules():
+        module.to(device)
+    state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+    if "train" not in state:
+        raise CheckpointError(
+            f"{run_dir / CHECKPOINT} was written by an older ppl_vae; train the run again"
+        )
+    saved = state["train"]["best_state"] or state["program"]
+    if saved["params"]:
+        if example is None:
+            raise ProgramError(
+                f"{prog.name} keeps pyro.param tensors; open_run needs an example batch to "
+                "create them before loading"
+            )
+        _first_trace(prog, example if isinstance(example, tuple) else (example,), "the data")
+    try:
+        prog.load_state_dict(saved)
+    except ProgramError as e:
         raise CheckpointError(
             f"{run_dir / CHECKPOINT} does not match {run_dir / CONFIG}: {e}"
         ) from e
-    vae.eval()
-    return vae, run, fit
+    prog.train(False)
+    return Run(prog, doc.get("data"), fit_config, doc)
 
 
-def check_features(vae: VAE, x: torch.Tensor, what: str) -> None:
+def check_features(run: Run, x: torch.Tensor, what: str) -> None:
     """A clear error when data does not have the features the saved model was trained on."""
-    if x.shape[1] != vae.x_dim:
+    x_dim = run.x_dim
+    if x_dim is not None and x.shape[1] != x_dim:
         raise ValueError(
-            f"{what} has {x.shape[1]} features per row but the saved model expects {vae.x_dim}; "
+            f"{what} has {x.shape[1]} features per row but the saved model expects {x_dim}; "
             "evaluate it on the dataset it was trained on (or train a new model on this one)"
         )

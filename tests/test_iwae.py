@@ -9,7 +9,7 @@ import pytest
 import torch
 from linear_gaussian import make_linear_gaussian
 
-from ppl_vae import build_vae
+from ppl_vae import build_vae, kl_weight
 from ppl_vae.estimators import log_likelihood
 from ppl_vae.iwae import IWAE, DReGIWAE
 
@@ -67,9 +67,10 @@ def test_dreg_gradient_matches_iwae_in_expectation() -> None:
 
 def test_beta_vae_is_an_error_for_iwae() -> None:
     x = torch.bernoulli(torch.full((4, 6), 0.5))
-    vae = build_vae(6, z_dim=2, hidden=(8,), beta=2.0)
+    vae = build_vae(6, z_dim=2, hidden=(8,))
+    model, guide = kl_weight(vae.model, 2.0), kl_weight(vae.guide, 2.0)
     with pytest.raises(ValueError, match="not a beta"):
-        IWAE(num_particles=3).differentiable_loss(vae.model, vae.guide, x)
+        IWAE(num_particles=3).differentiable_loss(model, guide, x)
 
 
 @pytest.mark.parametrize("cls", [IWAE, DReGIWAE])

@@ -1,0 +1,272 @@
+"""The program contract: what :func:`ppl_vae.fit`, the objectives, the estimators and the CLI
+ask of a model, and nothing more.
+
+A **program** is a Pyro ``model`` and ``guide``:
+
+- ``model(*batch)`` and ``guide(*batch)`` take the same arguments, one minibatch: a tensor, or
+  several (data and labels of a conditional VAE, several observed tensors). The first tensor's
+  first dimension counts the data points; losses are reported per data point.
+- The guide samples the model's latent sites (same names); the model observes the data with
+  ``obs=``. Any site names, any number of latent sites.
+- Parameters are registered the way ``pyro.infer.SVI`` finds them, with ``pyro.module`` /
+  ``pyro.param``, or they belong to an ``nn.Module``: the object the methods come from, or the
+  model or guide themselves (an AutoGuide, say).
+- Per-point estimators and importance-weighted bounds also need every sample site inside one
+  vectorized ``pyro.plate("data", N)`` (another name: ``plate=``).
+
+Given either as two callables, ``fit(model, guide, data)``, or as any object with ``model`` and
+``guide`` methods, ``fit(obj, data)`` (an ``nn.Module`` or not). Optional methods on that object,
+each used only by the feature that needs it, which names it when it is missing:
+
+- ``on_epoch_start(epoch, num_epochs)``: called by ``fit`` before every epoch (annealing);
+- ``encode(x)``: the posterior q(z|x) as a distribution (its ``mean`` is the embedding);
+- ``sample(n)``: ``n`` draws from the model, as rows (pictures, ``ppl-vae sample``);
+- ``reconstruct(x)``: reconstructions of the rows of ``x`` (``ppl-vae reconstruct``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor, nn
+
+__all__ = [
+    "Program",
+    "ProgramError",
+    "as_program",
+    "binary_observation",
+    "check_observed",
+    "observed_sites",
+]
+
+
+class ProgramError(ValueError):
+    """A program lacks what a feature needs, or fails when first run; the message says which."""
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return name.replace("<locals>.", "")
+
+
+@dataclass
+class Program:
+    """A Pyro model and guide, and the object they came from (``source``, or None).
+
+    ``parameters`` is filled by :meth:`find_parameters`: every tensor the program trains, by
+    name (``module.<name>`` for module parameters, the param-store name for the others).
+    """
+
+    model: Callable
+    guide: Callable
+    source: Any = None
+    parameters: dict[str, Tensor] = field(default_factory=dict)
+    #: param-store names of the parameters that no module holds (``pyro.param`` sites and
+    #: ``pyro.module`` registrations of modules fit cannot see)
+    store_names: list[str] = field(default_factory=list)
+    #: how to build the program again, recorded in run folders: ``{"builder": "build_vae",
+    #: "kwargs": {...}}`` or ``{"builder": "factory", "spec": "file.py:make", "kwargs": {...}}``
+    recipe: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """What to call the program in messages."""
+        if self.source is not None:
+            return _describe(self.source)
+        return f"{_describe(self.model)} / {_describe(self.guide)}"
+
+    def modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """The ``nn.Module`` s among the source, the model and the guide, keyed by role."""
+        seen: set[int] = set()
+        for key, obj in (("source", self.source), ("model", self.model), ("guide", self.guide)):
+            if isinstance(obj, nn.Module) and id(obj) not in seen:
+                seen.add(id(obj))
+                yield key, obj
+
+    def hook(self, name: str) -> Callable | None:
+        """The source's optional method ``name``, or None."""
+        fn = getattr(self.source, name, None)
+        return fn if callable(fn) else None
+
+    def require(self, name: str, purpose: str) -> Callable:
+        """The source's method ``name``, or a :class:`ProgramError` saying ``purpose`` needs it."""
+        fn = self.hook(name)
+        if fn is None:
+            raise ProgramError(
+                f"{purpose} needs a {name}() method, which the program {self.name} lacks; "
+                f"add one to the object that has model() and guide()"
+            )
+        return fn
+
+    def train(self, mode: bool = True) -> None:
+        """Put every module of the program in training (or evaluation) mode."""
+        for _, module in self.modules():
+            module.train(mode)
+
+    def find_parameters(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Run guide and model once on a batch, as ``pyro.infer.SVI`` does on its first step,
+        and collect the tensors to train: every module's parameters and the unconstrained
+        tensor of every ``pyro.param`` site. Raises :class:`ProgramError` if there are none.
+        """
+        params: dict[str, Tensor] = {}
+        seen: set[int] = set()
+        for key, module in self.modules():
+            for name, p in module.named_parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params[f"{key}.{name}"] = p
+        with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture:
+            guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
+            poutine.replay(self.model, trace=guide_trace)(*args, **kwargs)
+        self.store_names = []
+        for name, site in capture.trace.nodes.items():
+            value = site["value"]
+            leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if leaf.requires_grad and id(leaf) not in seen:
+                seen.add(id(leaf))
+                params[name] = leaf
+                self.store_names.append(name)
+        if not params:
+            raise ProgramError(
+                f"the program {self.name} has no parameters to train: register its networks "
+                "with pyro.module(name, net) or pyro.param(...), or give fit an nn.Module "
+                "with model() and guide() methods"
+            )
+        self.parameters = params
+        return params
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to restore the program: each module's ``state_dict`` (buffers included)
+        and the param-store tensors no module holds (unconstrained)."""
+        return {
+            "modules": {
+                key: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                for key, m in self.modules()
+            },
+            "params": {n: self.parameters[n].detach().clone() for n in self.store_names},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` in place (after :meth:`find_parameters` when the program
+        has param-store tensors). Raises :class:`ProgramError` on a mismatch."""
+        modules = dict(self.modules())
+        for key, module_state in state["modules"].items():
+            if key not in modules:
+                raise ProgramError(f"the saved state has a {key} module that {self.name} lacks")
+            try:
+                modules[key].load_state_dict(module_state)
+            except RuntimeError as e:
+                raise ProgramError(f"the saved {key} does not fit {self.name}: {e}") from e
+        missing = [n for n in state["params"] if n not in self.parameters]
+        if missing:
+            raise ProgramError(
+                f"the saved state has parameters {missing[:5]} that {self.name} did not create"
+            )
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                target = self.parameters[name]
+                if target.shape != value.shape:
+                    raise ProgramError(
+                        f"saved parameter {name!r} has shape {tuple(value.shape)}, the program's "
+                        f"{tuple(target.shape)}"
+                    )
+                target.copy_(value)
+
+    def dtype_and_device(self) -> tuple[torch.dtype, torch.device] | None:
+        """Of the first parameter found (modules first); None before any is known."""
+        for _, module in self.modules():
+            for p in module.parameters():
+                return p.dtype, p.device
+        for p in self.parameters.values():
+            return p.dtype, p.device
+        return None
+
+
+def as_program(model: Any, guide: Callable | None = None) -> Program:
+    """A :class:`Program` from ``(model, guide)`` callables, or from an object with ``model``
+    and ``guide`` methods (or a ``(model, guide)`` pair)."""
+    if isinstance(model, Program):
+        return model
+    if guide is not None:
+        if not callable(model) or not callable(guide):
+            raise ProgramError(
+                f"model and guide must be callables, got {type(model).__name__} and "
+                f"{type(guide).__name__}"
+            )
+        return Program(model, guide)
+    if isinstance(model, tuple) and len(model) == 2 and all(map(callable, model)):
+        return Program(*model)
+    m, g = getattr(model, "model", None), getattr(model, "guide", None)
+    if callable(m) and callable(g):
+        recipe = getattr(model, "recipe", None)
+        recipe = recipe if isinstance(recipe, dict) and "builder" in recipe else None
+        return Program(m, g, source=model, recipe=recipe)
+    raise ProgramError(
+        f"{type(model).__name__} is not a program: pass fit(model, guide, data) with two Pyro "
+        "functions, or fit(obj, data) with an object that has model() and guide() methods"
+    )
+
+
+def _traces(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    return model_trace, guide_trace
+
+
+def observed_sites(
+    model: Callable, guide: Callable, *args: Any, **kwargs: Any
+) -> dict[str, dict[str, Any]]:
+    """The model's observed sample sites (name -> trace site) on one batch, run without
+    validation, so their values can be checked against their supports here."""
+    model_trace, _ = _traces(model, guide, args, kwargs)
+    return {
+        name: site
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)
+    }
+
+
+def _is_boolean(support: Any) -> bool:
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return support is torch.distributions.constraints.boolean
+
+
+def check_observed(model: Callable, guide: Callable, *args: Any, what: str = "the data") -> None:
+    """A :class:`ValueError` that says what to do when a value observed by the model lies
+    outside its distribution's support (grey levels under a Bernoulli, say)."""
+    for name, site in observed_sites(model, guide, *args).items():
+        fn, value = site["fn"], site["value"]
+        try:
+            ok = bool(fn.support.check(value).all())
+        except (RuntimeError, NotImplementedError):  # a support Pyro cannot check
+            continue
+        if ok:
+            continue
+        lo, hi = float(value.min()), float(value.max())
+        text = (
+            f"{what} observed at site {name!r} lies outside the support of its "
+            f"{type(fn).__name__} (values in [{lo:.3g}, {hi:.3g}])"
+        )
+        if _is_boolean(fn.support):
+            text += (
+                ": the data are not binary but the likelihood is Bernoulli; binarize it "
+                "(--binarize dynamic|static|threshold, load_dataset(binarization=...), or "
+                "ppl_vae.data.binarize) or use --likelihood continuous-bernoulli for grey levels"
+            )
+        raise ValueError(text)
+
+
+def binary_observation(model: Callable, guide: Callable, *args: Any) -> bool:
+    """Whether every observed site has a {0, 1} support (a Bernoulli likelihood)."""
+    sites = observed_sites(model, guide, *args)
+    return bool(sites) and all(_is_boolean(s["fn"].support) for s in sites.values())
