@@ -253,9 +253,12 @@ def check_observed(model: Callable, guide: Callable, *args: Any, what: str = "th
         if ok:
             continue
         lo, hi = float(value.min()), float(value.max())
+        base = fn
+        while hasattr(base, "base_dist"):  # Independent, masked, expanded wrappers
+            base = base.base_dist
         text = (
             f"{what} observed at site {name!r} lies outside the support of its "
-            f"{type(fn).__name__} (values in [{lo:.3g}, {hi:.3g}])"
+            f"{type(base).__name__} (values in [{lo:.3g}, {hi:.3g}])"
         )
         if _is_boolean(fn.support):
             text += (

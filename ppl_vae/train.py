@@ -26,7 +26,7 @@ from .batching import Feed, TensorFeed, as_batch, check_finite, make_feed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplits
 from .handlers import KLWeight, RegisteredParams, warmup_weight
-from .objectives import OBJECTIVES, closed_form_kl_sites, make_objective
+from .objectives import OBJECTIVES, closed_form_kl_sites, make_objective, resolve
 from .program import Program, ProgramError, as_program, binary_observation, check_observed
 
 __all__ = ["FitConfig", "FitResult", "TrainState", "fit", "negative_bound"]
@@ -85,6 +85,8 @@ class FitResult:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     checkpoint: Path | None = None
+    #: the objective trained with (what ``auto`` chose: ``mean-field`` or ``stl``)
+    objective: str = ""
 
 
 @dataclass
@@ -166,21 +168,23 @@ def _first_trace(program: Program, batch: tuple, what: str) -> dict[str, Tensor]
 
 
 def _discover(program: Program, first: tuple) -> tuple[torch.dtype, torch.device]:
-    """Find the program's parameters on the first batch, cast to the parameters' dtype and
-    device when modules show them, else to the default dtype (or the data's, if that fails)."""
+    """Find the program's parameters on the first batch; return the dtype and device that
+    the data are cast to: the modules' when the program shows them, else the data's own
+    (or the default dtype, if the program fails on the data's)."""
     known = program.dtype_and_device()
     if known is not None:
-        dtype, device = known
-        _first_trace(program, _as(first, dtype, device), "the first batch")
-        return dtype, device
+        _first_trace(program, _as(first, *known), "the first batch")
+        return known
+    dtype = first[0].dtype if first[0].is_floating_point() else torch.get_default_dtype()
     device = first[0].device
     try:
-        _first_trace(program, _as(first, torch.get_default_dtype(), device), "the first batch")
+        _first_trace(program, _as(first, dtype, device), "the first batch")
     except ProgramError:
-        if not first[0].is_floating_point() or first[0].dtype == torch.get_default_dtype():
+        if dtype == torch.get_default_dtype():
             raise
-        _first_trace(program, first, "the first batch")
-    return program.dtype_and_device()  # type: ignore[return-value]
+        dtype = torch.get_default_dtype()
+        _first_trace(program, _as(first, dtype, device), "the first batch")
+    return dtype, device
 
 
 def _as(batch: tuple, dtype: torch.dtype, device: torch.device) -> tuple:
@@ -226,6 +230,11 @@ class _FastEngine:
 
     def step(self, batch: tuple) -> float:
         loss = self.objective.differentiable_loss(self.model, self.guide, *batch) / len(batch[0])
+        if not loss.requires_grad:
+            raise ProgramError(
+                "the loss does not depend on any parameter of the program; register the "
+                "networks the model and guide use (pyro.module) or give fit their nn.Module"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -354,7 +363,7 @@ class _Trainer:
         engine = _SVIEngine if config.engine == "svi" else _FastEngine
         self.engine = engine(program, objective, config.lr, config.beta)
         self.state = TrainState()
-        self.result = FitResult()
+        self.result = FitResult(objective=resolve(config.objective, sites))
         self.run_info = {
             "format": RUN_FORMAT,
             "program": program.recipe,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from linear_gaussian import LinearGaussian, make_linear_gaussian
 
-from ppl_vae import kl_weight, build_vae
+from ppl_vae import build_vae, kl_weight
 from ppl_vae.estimators import LogLikelihood, elbo, log_likelihood
 
 
