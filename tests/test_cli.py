@@ -1,6 +1,7 @@
 """The ppl-vae command, run in-process on the embedded digits."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,57 @@ def test_unknown_choices_are_refused_with_the_list(flag, value, capsys):
         build_parser().parse_args(["train", flag, value])
     assert exit_.value.code == 2
     assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+TESTS = Path(__file__).parent
+
+
+def test_train_a_user_program_then_evaluate_and_draw_it(tmp_path, capsys):
+    out = tmp_path / "mine"
+    spec = f"{TESTS / 'programs.py'}:drawing_vae"
+    argv = ["train", "--model", spec, "--model-args", '{"z_dim": 3}', "--dataset", "digits"]
+    assert main([*argv, "--epochs", "2", "--eval-samples", "30", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "binarization: dynamic" in printed and "DrawingVAE" in printed
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["program"]["builder"] == "factory" and doc["program"]["kwargs"]["z_dim"] == 3
+    assert main(["evaluate", str(out), "--num-samples", "30", "--json", "--limit", "20"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["num_points"] == 20 and metrics["log_likelihood"] < 0
+    trained = json.loads((out / "metrics.json").read_text())["test"]["log_likelihood"]
+    assert abs(metrics["log_likelihood"] - trained) < 15, "evaluate loaded other weights"
+    assert main(["sample", str(out)]) == 0 and (out / "sample.png").is_file()
+    assert (out / "samples.png").is_file() and (out / "reconstructions.png").is_file()
+
+
+def test_a_program_without_sample_says_which_method_is_missing(tmp_path, capsys):
+    out = tmp_path / "plain"
+    spec = f"{TESTS / 'programs.py'}:example_vae"
+    argv = ["train", "--model", spec, "--dataset", "digits", "--epochs", "1", "--out", str(out)]
+    assert main([*argv, "--eval-samples", "10", "--no-progress"]) == 0
+    assert "no pictures from sample(), reconstruct()" in capsys.readouterr().out
+    assert main(["sample", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "needs a sample() method, which the program ExampleVAE lacks" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_folder_written_by_fit_in_python_is_read_by_the_cli(tmp_path, capsys):
+    from ppl_vae import build_vae, fit
+    from ppl_vae.data import load_dataset
+
+    data = load_dataset("digits", binarization="dynamic")
+    fit(build_vae(64, z_dim=2, hidden=(16,)), data, epochs=1, out=tmp_path, progress=False)
+    assert main(["evaluate", str(tmp_path), "--num-samples", "10", "--limit", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_points"] == 5
+    assert main(["reconstruct", str(tmp_path), "--n", "10"]) == 0
+
+
+def test_grey_levels_under_a_gaussian_likelihood_stay_grey(tmp_path, capsys):
+    out = tmp_path / "g"
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--likelihood", "gaussian"]
+    assert main([*argv, "--epochs", "1", "--eval-samples", "10", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["binarization"] == "none"
+    assert main([*argv, "--binarize", "dynamic", "--out", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert "--binarize dynamic only goes with a Bernoulli likelihood" in err
