@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
@@ -15,6 +14,8 @@ from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match
 from torch import Tensor
+
+from .program import traces
 
 __all__ = [
     "OBJECTIVES",
@@ -136,11 +137,7 @@ def closed_form_kl_sites(
     >>> closed_form_kl_sites(model, guide)
     {'a': True, 'b': False}
     """
-    with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
+    model_trace, guide_trace = traces(model, guide, args, kwargs)
     found = {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):

@@ -213,7 +213,9 @@ def as_program(model: Any, guide: Callable | None = None) -> Program:
     )
 
 
-def _traces(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+def traces(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """A guide trace and the model replayed on it, without gradients or validation, hidden
+    from outer handlers: for reading a program's structure."""
     with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
@@ -227,7 +229,7 @@ def observed_sites(
 ) -> dict[str, dict[str, Any]]:
     """The model's observed sample sites (name -> trace site) on one batch, run without
     validation, so their values can be checked against their supports here."""
-    model_trace, _ = _traces(model, guide, args, kwargs)
+    model_trace, _ = traces(model, guide, args, kwargs)
     return {
         name: site
         for name, site in model_trace.nodes.items()
