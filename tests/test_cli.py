@@ -131,3 +131,20 @@ def test_grey_levels_under_a_gaussian_likelihood_stay_grey(tmp_path, capsys):
     assert main([*argv, "--binarize", "dynamic", "--out", str(tmp_path / "h")]) == 2
     err = capsys.readouterr().err
     assert "--binarize dynamic only goes with a Bernoulli likelihood" in err
+
+
+def test_a_factory_of_plain_functions_with_pyro_params_round_trips(tmp_path, capsys):
+    """Its parameters live in Pyro's param store, not in a module: evaluate must create them
+    on a batch, then load the trained values (else it would score the initial ones)."""
+    out = tmp_path / "fns"
+    spec = f"{TESTS / 'programs.py'}:functions"
+    argv = ["train", "--model", spec, "--dataset", "digits", "--epochs", "3", "--lr", "0.01"]
+    assert main([*argv, "--eval-samples", "20", "--out", str(out), "--no-progress"]) == 0
+    trained = json.loads((out / "metrics.json").read_text())["test"]
+    capsys.readouterr()
+    import pyro
+
+    pyro.clear_param_store()  # as in a new process
+    assert main(["evaluate", str(out), "--num-samples", "20", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert abs(again["elbo"] - trained["elbo"]) < 1.0, (again["elbo"], trained["elbo"])
