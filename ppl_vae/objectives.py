@@ -6,10 +6,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer.inspect import get_dependencies
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match
@@ -63,6 +65,10 @@ class AnalyticKLELBO(ELBO):
     per-step work: it scores only observed sites and skips the guide's score parts, which halves
     Pyro's overhead over a hand-written PyTorch step. A latent site without a closed-form KL is a
     ``ValueError`` (train such priors with ``objective="elbo"`` or ``"stl"``).
+
+    Like ``TraceMeanField_ELBO`` it is the ELBO only when the model's distribution at every
+    latent site depends on no latent site that the guide draws after it (checked by
+    :func:`closed_form_kl_sites`, which ``fit`` consults; this class does not check).
 
     Masks and scales (``poutine.scale``, ``poutine.mask``, subsampling plates) apply as in Pyro.
     Cost: one guide and one model pass per particle.
@@ -121,11 +127,38 @@ class AnalyticKLELBO(ELBO):
         return torch_item(loss)
 
 
+def _latent_names(trace: Any) -> list[str]:
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
+def _model_parents(model: Callable, args: tuple, kwargs: dict, latents: list[str]) -> dict:
+    """Each latent site's latent parents in the model (Pyro's provenance tracking); where that
+    cannot trace the program, every latent site the model draws before it (conservative)."""
+    try:
+        with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
+            deps = get_dependencies(model, args, kwargs)["prior_dependencies"]
+        return {s: {p for p in deps.get(s, {}) if p != s and p in latents} for s in latents}
+    except Exception:  # provenance tracking does not follow every torch operation
+        return {s: set(latents[:i]) for i, s in enumerate(latents)}
+
+
 def closed_form_kl_sites(
     model: Callable, guide: Callable, *args: Any, **kwargs: Any
 ) -> dict[str, bool]:
-    """For every latent site of the program, whether ``kl_divergence(guide site, model site)``
-    has a closed form (is registered), read from one guide trace and the model replayed on it.
+    """For every latent site of the program, whether its KL term has a closed form that the
+    analytic-KL ELBO may use: ``kl_divergence(guide site, model site)`` is registered, and the
+    model's distribution at the site depends on no latent site that the guide draws after it.
+
+    The second condition is what a per-site KL needs: the ELBO's term
+    ``E_q[log q(z1|.) - log p(z1 | z2)]`` is ``E_q[KL(q(z1|.) || p(z1 | z2))]`` only when z2 is
+    drawn before z1 in the guide. A bottom-up guide q(z1|x) q(z2|z1) under a top-down model
+    p(z2) p(z1|z2) (the IWAE paper's two layers) breaks it at z1: its closed-form terms would
+    add up to a bound other than the guide's ELBO. Read from one guide trace, the model
+    replayed on it, and the model's dependency structure.
 
     >>> import pyro, pyro.distributions as dist
     >>> def model():
@@ -138,11 +171,13 @@ def closed_form_kl_sites(
     {'a': True, 'b': False}
     """
     model_trace, guide_trace = traces(model, guide, args, kwargs)
+    drawn = {name: i for i, name in enumerate(_latent_names(guide_trace))}
+    latents = _latent_names(model_trace)
+    parents = _model_parents(model, args, kwargs, latents)
     found = {}
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-            continue
-        if name not in guide_trace.nodes:
+    for name in latents:
+        site = model_trace.nodes[name]
+        if name not in drawn or any(drawn.get(p, -1) > drawn[name] for p in parents[name]):
             found[name] = False
             continue
         try:
@@ -191,7 +226,8 @@ def make_objective(
             )
             raise ValueError(
                 f"objective 'mean-field' needs a closed-form KL, which {where} lacks (no "
-                "kl_divergence registered for its guide and model distributions); use 'elbo', "
+                "kl_divergence registered for its guide and model distributions, or its model "
+                "distribution depends on a latent site the guide draws after it); use 'elbo', "
                 "'stl', 'iwae' or 'iwae-dreg'"
             )
         return AnalyticKLELBO(num_particles=particles)

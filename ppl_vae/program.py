@@ -33,6 +33,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
@@ -121,9 +122,18 @@ class Program:
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
                     params[f"{key}.{name}"] = p
-        with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture:
+        stale = _StaleModules(seen)
+        with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture, stale:
             guide_trace = poutine.trace(self.guide).get_trace(*args, **kwargs)
             poutine.replay(self.model, trace=guide_trace)(*args, **kwargs)
+        if stale.names:
+            raise ProgramError(
+                f"Pyro's param store holds other tensors under names this program registers "
+                f"with pyro.module ({', '.join(stale.names[:3])}...): a module built earlier "
+                "under the same name, so pyro.module would hand the program the old tensors "
+                "and nothing would train. Call pyro.clear_param_store() first, or give the "
+                "modules names of their own"
+            )
         self.store_names = []
         for name, site in capture.trace.nodes.items():
             value = site["value"]
@@ -186,6 +196,30 @@ class Program:
         for p in self.parameters.values():
             return p.dtype, p.device
         return None
+
+
+class _StaleModules(Messenger):
+    """Seen on a first trace: ``pyro.module`` registering a parameter under a name that the
+    param store holds for another tensor (a module built earlier with the same name). For the
+    parameters of a module the program shows, the program's own tensor takes the name over,
+    as the module being trained is the one that counts; other clashes are collected."""
+
+    def __init__(self, own: set[int]) -> None:
+        super().__init__()
+        self.own, self.names = own, []
+
+    def _pyro_param(self, msg: dict[str, Any]) -> None:
+        args = msg["args"]
+        if len(args) < 2 or not isinstance(args[1], nn.Parameter) or "$$$" not in msg["name"]:
+            return
+        store = pyro.get_param_store()
+        held = store._params.get(msg["name"])
+        if held is None or held is args[1]:
+            return
+        if id(args[1]) in self.own:
+            del store[msg["name"]]
+        else:
+            self.names.append(msg["name"])
 
 
 def as_program(model: Any, guide: Callable | None = None) -> Program:

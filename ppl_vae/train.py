@@ -233,6 +233,7 @@ class _FastEngine:
         self.guide = held[1](self.weights[1](program.guide))
         self.objective = objective
         self.optimizer = _adam(params, lr)
+        self._checked = False
 
     def set_weight(self, weight: float) -> None:
         for w in self.weights:
@@ -247,8 +248,21 @@ class _FastEngine:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if not self._checked:
+            self._check_gradients()
         self.optimizer.step()
         return loss.item()
+
+    def _check_gradients(self) -> None:
+        """After the first backward pass: some parameter fit steps must have a gradient."""
+        self._checked = True
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if all(p.grad is None for p in params):
+            raise ProgramError(
+                "no parameter that fit found got a gradient: the model and guide compute with "
+                "other tensors than those they register (pyro.module / pyro.param), or than "
+                "the nn.Module fit was given holds"
+            )
 
     def state_dict(self) -> Any:
         return self.optimizer.state_dict()

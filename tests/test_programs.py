@@ -311,3 +311,70 @@ def test_trace_elbo_reference_is_what_fit_trains_with_objective_elbo(digits):
     pyro.set_rng_seed(0)
     expected = Trace_ELBO().loss(vae.model, vae.guide, x[perm]) / 64
     assert losses[0] == pytest.approx(expected, rel=1e-6)
+
+
+def _two_layers(top_down_guide):
+    """p(z2) p(z1|z2) p(x|z1), with the guide q(z1|x) q(z2|z1) (bottom-up, as in the IWAE
+    paper) or q(z2|x) q(z1|x, z2) (top-down)."""
+    f, g = torch.nn.Linear(2, 3), torch.nn.Linear(3, 64)
+    e1, e2 = torch.nn.Linear(64 + 2, 6), torch.nn.Linear(64 + 3, 4)
+
+    def model(x):
+        pyro.module("f", f)
+        pyro.module("g", g)
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(f(z2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=g(z1)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("e1", e1)
+        pyro.module("e2", e2)
+        with pyro.plate("data", x.shape[0]):
+            if top_down_guide:
+                loc, log_scale = e2(torch.cat([x, x.new_zeros(len(x), 3)], -1)).chunk(2, -1)
+                z2 = pyro.sample("z2", dist.Normal(loc, log_scale.exp()).to_event(1))
+                loc, log_scale = e1(torch.cat([x, z2], -1)).chunk(2, -1)
+                pyro.sample("z1", dist.Normal(loc, log_scale.exp()).to_event(1))
+            else:
+                loc, log_scale = e1(torch.cat([x, x.new_zeros(len(x), 2)], -1)).chunk(2, -1)
+                z1 = pyro.sample("z1", dist.Normal(loc, log_scale.exp()).to_event(1))
+                loc, log_scale = e2(torch.cat([x, z1], -1)).chunk(2, -1)
+                pyro.sample("z2", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    return model, guide
+
+
+def test_no_analytic_kl_where_a_site_depends_on_one_the_guide_draws_later(digits):
+    """Bottom-up guide, top-down model: KL(q(z1|x) || p(z1|z2)) with z2 drawn from z1 is not a
+    term of the ELBO, so auto trains with STL and mean-field is refused naming z1."""
+    from ppl_vae.objectives import closed_form_kl_sites
+
+    x = digits.train[:100]
+    model, guide = _two_layers(top_down_guide=False)
+    assert closed_form_kl_sites(model, guide, x) == {"z2": True, "z1": False}
+    assert fit(model, guide, x, epochs=1, progress=False).objective == "stl"
+    with pytest.raises(ValueError, match="latent site 'z1' lacks.*draws after it"):
+        fit(model, guide, x, epochs=1, objective="mean-field", progress=False)
+    pyro.clear_param_store()
+    model, guide = _two_layers(top_down_guide=True)
+    assert closed_form_kl_sites(model, guide, x) == {"z2": True, "z1": True}
+    assert fit(model, guide, x, epochs=1, progress=False).objective == "mean-field"
+
+
+def test_a_stale_module_of_the_same_name_is_refused_or_taken_over(digits):
+    """Pyro's store keeps the first module registered under a name: a second program that
+    reuses the name would be handed the first one's tensors and train nothing."""
+    x = digits.train[:100]
+    fit(*functions(64), x, epochs=1, progress=False)
+    with pytest.raises(ProgramError, match="clear_param_store"):
+        fit(*functions(64), x, epochs=1, progress=False)  # new networks, same names
+    first = ExampleVAE(64, 3, 16)
+    fit(first, x, epochs=1, progress=False)
+    second = ExampleVAE(64, 3, 16)  # the same pyro.module names, but fit sees its modules
+    before = _params(second.named_parameters())
+    fit(second, x, epochs=1, lr=1e-2, progress=False)
+    moved = [n for n, p in second.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before), "the second module did not train"
+    store = pyro.get_param_store()
+    assert store._params["encoder$$$fc1.weight"] is second.encoder.fc1.weight
