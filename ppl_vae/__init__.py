@@ -2,7 +2,7 @@
 
 from .data import DataSplits, load_dataset
 from .estimators import LogLikelihood, elbo, log_likelihood
-from .handlers import KLWeight, kl_weight
+from .handlers import KLWeight, kl_weight, warmup_weight
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -11,12 +11,12 @@ from .likelihoods import (
 )
 from .model import PRESETS, VAE, build_vae
 from .nets import MLP, GaussianEncoder
-from .objectives import AnalyticKLELBO, make_objective
+from .objectives import AnalyticKLELBO, closed_form_kl_sites, make_objective
 from .polymodal import PolymodalPrior, PolymodalVAE
 from .priors import FlowPrior, MixturePrior, NormalPrior, VampPrior, make_prior
 from .program import Program, as_program
 from .stl import STLELBO
-from .train import FitConfig, FitResult, fit
+from .train import FitConfig, FitResult, fit, negative_bound
 
 __all__ = [
     "MLP",
@@ -43,6 +43,7 @@ __all__ = [
     "VampPrior",
     "as_program",
     "build_vae",
+    "closed_form_kl_sites",
     "elbo",
     "fit",
     "kl_weight",
@@ -50,4 +51,6 @@ __all__ = [
     "log_likelihood",
     "make_objective",
     "make_prior",
+    "negative_bound",
+    "warmup_weight",
 ]
