@@ -20,7 +20,15 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .checkpoint import rng_state, set_rng_state
 
-__all__ = ["Feed", "LoaderFeed", "TensorFeed", "as_batch", "make_feed"]
+__all__ = [
+    "Feed",
+    "LoaderFeed",
+    "TensorFeed",
+    "as_batch",
+    "cast_batch",
+    "check_finite",
+    "make_feed",
+]
 
 Batch = tuple[Tensor, ...]
 
@@ -56,7 +64,7 @@ def as_batch(data: Any, what: str = "data") -> Batch:
     return tensors
 
 
-def _cast(batch: Batch, dtype: torch.dtype, device: torch.device, what: str) -> Batch:
+def cast_batch(batch: Batch, dtype: torch.dtype, device: torch.device, what: str) -> Batch:
     """Floating tensors to ``dtype``/``device``; others to ``device``. A first tensor of
     raw bytes (uint8 pixels) is an error that says how to scale it."""
     first = batch[0]
@@ -122,7 +130,7 @@ class TensorFeed(Feed):
         return tuple(t[: self.batch_size] for t in self.batch)
 
     def to(self, dtype: torch.dtype, device: torch.device, what: str) -> TensorFeed:
-        self.batch = _cast(self.batch, dtype, device, what)
+        self.batch = cast_batch(self.batch, dtype, device, what)
         return self
 
     def epoch(
@@ -233,7 +241,7 @@ class LoaderFeed(Feed):
                     next(it)
                 set_rng_state(now)
         for batch in it:
-            batch = _cast(batch, dtype, device, f"batch {state.step_in_epoch}")
+            batch = cast_batch(batch, dtype, device, f"batch {state.step_in_epoch}")
             check_finite(batch, f"batch {state.step_in_epoch} of epoch {state.epoch + 1}")
             yield batch
 

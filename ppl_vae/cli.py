@@ -119,6 +119,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run, fit_config = _pick(RunConfig, args), _pick(FitConfig, args)
     out = Path(args.out)
     torch.manual_seed(fit_config.seed)
+    if run.model is not None:
+        network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")
+        network += ("activation", "prior", "components", "pseudo_inputs", "flow_layers")
+        network += ("flow_type", "modes")
+        ignored = [
+            "--" + f.name.replace("_", "-")
+            for f in dataclasses.fields(RunConfig)
+            if f.name in network and getattr(run, f.name) != f.default
+        ]
+        if ignored:
+            print(f"note: {', '.join(ignored)} describe the built-in network; --model replaces it")
     raw = load_data(dataclasses.replace(run, binarize="none"), seed=fit_config.seed)
     program = build_program(run.recipe(raw.x_dim), raw.x_dim)
     for _, module in program.modules():

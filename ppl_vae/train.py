@@ -22,7 +22,7 @@ from pyro.infer import SVI
 from torch import Tensor
 from tqdm import tqdm
 
-from .batching import Feed, TensorFeed, as_batch, check_finite, make_feed
+from .batching import Feed, TensorFeed, as_batch, cast_batch, check_finite, make_feed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplits
 from .handlers import KLWeight, RegisteredParams, warmup_weight
@@ -188,9 +188,7 @@ def _discover(program: Program, first: tuple) -> tuple[torch.dtype, torch.device
 
 
 def _as(batch: tuple, dtype: torch.dtype, device: torch.device) -> tuple:
-    from .batching import _cast
-
-    return _cast(batch, dtype, device, "the data")
+    return cast_batch(batch, dtype, device, "the data")
 
 
 def _check_data(program: Program, batch: tuple, splits: DataSplits | None, what: str) -> None:
