@@ -14,7 +14,7 @@ from programs import ConditionalVAE, ExampleVAE, MixturePriorVAE, functions
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader, TensorDataset
 
-from ppl_vae import build_vae, fit, kl_weight
+from ppl_vae import as_program, build_vae, fit, kl_weight
 from ppl_vae.data import load_dataset
 from ppl_vae.objectives import AnalyticKLELBO
 from ppl_vae.program import ProgramError
@@ -378,3 +378,24 @@ def test_a_stale_module_of_the_same_name_is_refused_or_taken_over(digits):
     assert len(moved) == len(before), "the second module did not train"
     store = pyro.get_param_store()
     assert store._params["encoder$$$fc1.weight"] is second.encoder.fc1.weight
+
+
+def test_encode_gives_the_posterior_and_its_mean_is_the_embedding(digits):
+    vae = build_vae(64, z_dim=3, hidden=(16,))
+    q = vae.encode(digits.val[:7])
+    assert q.batch_shape == (7,) and q.event_shape == (3,) and q.mean.shape == (7, 3)
+    torch.testing.assert_close(q.mean, vae.encoder(digits.val[:7]).mean)
+
+
+def test_an_autoguide_is_a_guide_fit_trains(digits):
+    """The README says the guide may be an nn.Module of its own: Pyro's AutoNormal."""
+    from pyro.infer.autoguide import AutoNormal
+
+    x = digits.train[:200]
+    model, _ = functions(64)
+    guide = AutoNormal(poutine.block(model, hide=["pixels"]))
+    result = fit(model, guide, x, epochs=3, lr=1e-2, batch_size=200, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0], losses
+    found = as_program(model, guide).find_parameters(x)
+    assert any(n.startswith("guide.") for n in found), f"AutoNormal's parameters: {list(found)}"
