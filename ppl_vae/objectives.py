@@ -23,6 +23,7 @@ __all__ = [
     "OBJECTIVES",
     "AnalyticKLELBO",
     "closed_form_kl_sites",
+    "kl_obstacles",
     "make_objective",
     "resolve",
 ]
@@ -170,37 +171,63 @@ def closed_form_kl_sites(
     >>> closed_form_kl_sites(model, guide)
     {'a': True, 'b': False}
     """
+    return {name: why is None for name, why in kl_obstacles(model, guide, *args, **kwargs).items()}
+
+
+def kl_obstacles(
+    model: Callable, guide: Callable, *args: Any, **kwargs: Any
+) -> dict[str, str | None]:
+    """:func:`closed_form_kl_sites` with the reason: per latent site, None where the analytic
+    KL applies, else why not (what ``mean-field``'s refusal says)."""
     model_trace, guide_trace = traces(model, guide, args, kwargs)
     drawn = {name: i for i, name in enumerate(_latent_names(guide_trace))}
     latents = _latent_names(model_trace)
     parents = _model_parents(model, args, kwargs, latents)
-    found = {}
+    found: dict[str, str | None] = {}
     for name in latents:
         site = model_trace.nodes[name]
-        if name not in drawn or any(drawn.get(p, -1) > drawn[name] for p in parents[name]):
-            found[name] = False
+        if name not in drawn:
+            found[name] = "the guide does not sample it"
             continue
+        later = sorted(p for p in parents[name] if drawn.get(p, -1) > drawn[name])
+        if later:
+            found[name] = (
+                f"its model distribution depends on {', '.join(map(repr, later))}, which the "
+                "guide draws after it, so a per-site KL is no term of the ELBO"
+            )
+            continue
+        q = guide_trace.nodes[name]["fn"]
         try:
-            kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
-            found[name] = True
+            kl_divergence(q, site["fn"])
+            found[name] = None
         except NotImplementedError:
-            found[name] = False
+            found[name] = (
+                f"no kl_divergence is registered for the guide's {type(q).__name__} and the "
+                f"model's {type(site['fn']).__name__}"
+            )
     return found
 
 
-def resolve(name: str, closed_form_kl: dict[str, bool] | bool = True) -> str:
+def _ok_sites(closed_form_kl: dict[str, Any] | bool) -> dict[str, bool]:
+    """Site -> has a usable closed-form KL, from bools or from reasons (None: it has one)."""
+    if not isinstance(closed_form_kl, dict):
+        return {"z": bool(closed_form_kl)}
+    return {s: v is True or v is None for s, v in closed_form_kl.items()}
+
+
+def resolve(name: str, closed_form_kl: dict[str, Any] | bool = True) -> str:
     """The objective ``name`` stands for: ``auto`` is ``mean-field`` when every latent site
     has a closed-form KL, else ``stl``; other names stand for themselves."""
     if name != "auto":
         return name
-    sites = closed_form_kl if isinstance(closed_form_kl, dict) else {"z": bool(closed_form_kl)}
+    sites = _ok_sites(closed_form_kl)
     # Without a closed-form KL, STL's gradient has no score term: on digits it turned the
     # Monte Carlo KL's +0.14 nats against the analytic KL into -0.08 (benchmarks/README.md).
     return "mean-field" if all(sites.values()) else "stl"
 
 
 def make_objective(
-    name: str, particles: int = 1, closed_form_kl: dict[str, bool] | bool = True
+    name: str, particles: int = 1, closed_form_kl: dict[str, Any] | bool = True
 ) -> ELBO:
     """The Pyro ELBO called ``name`` (one of :data:`OBJECTIVES`) with ``particles`` draws.
 
@@ -212,23 +239,24 @@ def make_objective(
             site has a closed-form KL, else ``stl``.
         particles: draws per data point (the K of the IWAE bound).
         closed_form_kl: per latent site, whether its KL has a closed form, as
-            :func:`closed_form_kl_sites` reads it from the program (or one bool for all).
+            :func:`closed_form_kl_sites` reads it from the program (or one bool for all); or
+            :func:`kl_obstacles`' reasons (None where it has one).
     """
     if particles < 1:
         raise ValueError(f"particles must be at least 1, got {particles}")
-    sites = closed_form_kl if isinstance(closed_form_kl, dict) else {"z": bool(closed_form_kl)}
+    sites = _ok_sites(closed_form_kl)
     lacking = [site for site, ok in sites.items() if not ok]
     name = resolve(name, closed_form_kl)
     if name == "mean-field":
         if lacking:
+            why = closed_form_kl.get(lacking[0]) if isinstance(closed_form_kl, dict) else None
             where = (
                 f"latent site {lacking[0]!r}" if isinstance(closed_form_kl, dict) else "the prior"
             )
+            reason = why if isinstance(why, str) else "no kl_divergence is registered for it"
             raise ValueError(
-                f"objective 'mean-field' needs a closed-form KL, which {where} lacks (no "
-                "kl_divergence registered for its guide and model distributions, or its model "
-                "distribution depends on a latent site the guide draws after it); use 'elbo', "
-                "'stl', 'iwae' or 'iwae-dreg'"
+                f"objective 'mean-field' needs a closed-form KL, which {where} lacks: {reason}; "
+                "use 'elbo', 'stl', 'iwae' or 'iwae-dreg'"
             )
         return AnalyticKLELBO(num_particles=particles)
     if name == "elbo":

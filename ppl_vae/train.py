@@ -26,7 +26,7 @@ from .batching import Feed, TensorFeed, as_batch, cast_batch, check_finite, make
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataSplits
 from .handlers import KLWeight, RegisteredParams, warmup_weight
-from .objectives import OBJECTIVES, closed_form_kl_sites, make_objective, resolve
+from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .program import Program, ProgramError, as_program, binary_observation, check_observed
 
 __all__ = ["FitConfig", "FitResult", "TrainState", "fit", "negative_bound"]
@@ -378,7 +378,7 @@ class _Trainer:
                 if isinstance(feed, TensorFeed):
                     feed.to(self.dtype, self.device, what)
             self._check_first_batches(splits)
-            sites = closed_form_kl_sites(program.model, program.guide, *self._first_train)
+            sites = kl_obstacles(program.model, program.guide, *self._first_train)
         objective = make_objective(config.objective, config.particles, sites)
         pyro.set_rng_seed(config.seed)
         self.gen = torch.Generator(device=self.device).manual_seed(config.seed)
