@@ -19,9 +19,10 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import BINARIZE, DataSplits, binarize_splits, load_dataset
 from .likelihoods import LIKELIHOODS
 from .model import PRESETS, build_vae
+from .preflight import first_trace
 from .priors import FLOW_TYPES, PRIORS
 from .program import Program, ProgramError, as_program, binary_observation
-from .train import CHECKPOINT, CONFIG, FitConfig, _first_trace, _opt
+from .train import CHECKPOINT, CONFIG, FitConfig, _opt
 
 __all__ = [
     "Run",
@@ -319,7 +320,7 @@ def open_run(
                 f"{prog.name} keeps pyro.param tensors; open_run needs an example batch to "
                 "create them before loading"
             )
-        _first_trace(prog, example if isinstance(example, tuple) else (example,), "the data")
+        first_trace(prog, example if isinstance(example, tuple) else (example,), "the data")
     try:
         prog.load_state_dict(saved)
     except ProgramError as e:

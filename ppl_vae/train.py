@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,16 +16,24 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import SVI
 from torch import Tensor
 from tqdm import tqdm
 
-from .batching import Feed, TensorFeed, as_batch, cast_batch, check_finite, make_feed
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .batching import TensorFeed, check_finite
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_json,
+)
 from .data import DataSplits
-from .handlers import KLWeight, RegisteredParams, warmup_weight
+from .engines import ENGINES, FastEngine, SVIEngine, mean_loss, negative_bound
+from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
-from .program import Program, ProgramError, as_program, binary_observation, check_observed
+from .preflight import cast, check_data, discover, feeds, split_arguments
+from .program import Program, ProgramError
 
 __all__ = ["FitConfig", "FitResult", "TrainState", "fit", "negative_bound"]
 
@@ -35,7 +41,6 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 RUN_FORMAT = "ppl_vae-run-2"
-ENGINES = ("fast", "svi")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -108,24 +113,6 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-# --------------------------------------------------------------------------------------------
-# Setting up: the program, its data, its parameters, the objective
-# --------------------------------------------------------------------------------------------
-
-
-def _arguments(program: Any, args: tuple) -> tuple[Program, Any, Any]:
-    """``(program, data[, val])`` or ``(model, guide, data[, val])`` as (program, data, val)."""
-    guide = None
-    if args and callable(args[0]) and not isinstance(args[0], (Tensor, torch.nn.Parameter)):
-        guide, args = args[0], args[1:]
-    if not 1 <= len(args) <= 2:
-        raise TypeError(
-            "fit takes fit(program, data[, val]) or fit(model, guide, data[, val]); "
-            f"got {len(args)} data arguments"
-        )
-    return as_program(program, guide), args[0], args[1] if len(args) > 1 else None
-
-
 def _check_config(config: FitConfig) -> None:
     if config.engine not in ENGINES:
         raise ValueError(f"unknown engine {config.engine!r}; choose one of {list(ENGINES)}")
@@ -141,187 +128,6 @@ def _check_config(config: FitConfig) -> None:
         )
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
-
-
-def _feeds(data: Any, val: Any, config: FitConfig) -> tuple[Feed, Feed | None, DataSplits | None]:
-    splits = data if isinstance(data, DataSplits) else None
-    if splits is not None:
-        if splits.dynamic and (splits.train.min() < 0 or splits.train.max() > 1):
-            raise ValueError("dynamic binarization needs training data in [0, 1]")
-        data, val = splits.train, splits.val if val is None else val
-    train = make_feed(data, config.batch_size, splits is not None and splits.dynamic, "the data")
-    val_feed = None if val is None else make_feed(val, config.eval_batch_size, what="val data")
-    return train, val_feed, splits
-
-
-def _first_trace(program: Program, batch: tuple, what: str) -> dict[str, Tensor]:
-    try:
-        return program.find_parameters(*batch)
-    except ProgramError:
-        raise
-    except Exception as e:
-        shapes = ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in batch)
-        raise ProgramError(
-            f"running {program.name} on {what} ({shapes}) failed: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
-
-
-def _discover(program: Program, first: tuple) -> tuple[torch.dtype, torch.device]:
-    """Find the program's parameters on the first batch; return the dtype and device that
-    the data are cast to: the modules' when the program shows them, else the data's own
-    (or the default dtype, if the program fails on the data's)."""
-    known = program.dtype_and_device()
-    if known is not None:
-        _first_trace(program, _as(first, *known), "the first batch")
-        return known
-    dtype = first[0].dtype if first[0].is_floating_point() else torch.get_default_dtype()
-    device = first[0].device
-    try:
-        _first_trace(program, _as(first, dtype, device), "the first batch")
-    except ProgramError:
-        if dtype == torch.get_default_dtype():
-            raise
-        dtype = torch.get_default_dtype()
-        _first_trace(program, _as(first, dtype, device), "the first batch")
-    return dtype, device
-
-
-def _as(batch: tuple, dtype: torch.dtype, device: torch.device) -> tuple:
-    return cast_batch(batch, dtype, device, "the data")
-
-
-def _check_data(program: Program, batch: tuple, splits: DataSplits | None, what: str) -> None:
-    """The values the model observes lie in their supports; binarized data meet a Bernoulli."""
-    check_finite(batch, what)
-    if splits is not None and splits.binarization != "none":
-        if not binary_observation(program.model, program.guide, *batch):
-            raise ValueError(
-                f"the data are binarized (binarization={splits.binarization!r}) but "
-                f"{program.name} does not observe them with a Bernoulli likelihood; load them "
-                "with binarization='none' (--binarize none): binarization only goes with a "
-                "Bernoulli likelihood"
-            )
-    check_observed(program.model, program.guide, *batch, what=what)
-
-
-# --------------------------------------------------------------------------------------------
-# Engines: one optimisation step
-# --------------------------------------------------------------------------------------------
-
-
-def _adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
-    """``torch.optim.Adam``, fused where the parameters' device has the kernel: the same update
-    to float rounding (2e-8 after 50 steps, measured), 0.20 ms a step on the seed network's
-    parameters against 0.62 ms for the default per-tensor loop (2 CPU threads)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
-
-
-class _FastEngine:
-    """The Pyro objective on the program, one ``torch.optim.Adam`` over every parameter."""
-
-    def __init__(self, program: Program, objective: Any, lr: float, beta: float) -> None:
-        params = list(program.parameters.values())
-        self.weights = KLWeight(beta), KLWeight(beta)
-        held = RegisteredParams(params), RegisteredParams(params)
-        self.model = held[0](self.weights[0](program.model))
-        self.guide = held[1](self.weights[1](program.guide))
-        self.objective = objective
-        self.optimizer = _adam(params, lr)
-        self._checked = False
-
-    def set_weight(self, weight: float) -> None:
-        for w in self.weights:
-            w.weight = weight
-
-    def step(self, batch: tuple) -> float:
-        loss = self.objective.differentiable_loss(self.model, self.guide, *batch) / len(batch[0])
-        if not loss.requires_grad:
-            raise ProgramError(
-                "the loss does not depend on any parameter of the program; register the "
-                "networks the model and guide use (pyro.module) or give fit their nn.Module"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if not self._checked:
-            self._check_gradients()
-        self.optimizer.step()
-        return loss.item()
-
-    def _check_gradients(self) -> None:
-        """After the first backward pass: some parameter fit steps must have a gradient."""
-        self._checked = True
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if all(p.grad is None for p in params):
-            raise ProgramError(
-                "no parameter that fit found got a gradient: the model and guide compute with "
-                "other tensors than those they register (pyro.module / pyro.param), or than "
-                "the nn.Module fit was given holds"
-            )
-
-    def state_dict(self) -> Any:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: Any) -> None:
-        self.optimizer.load_state_dict(state)
-
-
-class _SVIEngine(_FastEngine):
-    """``pyro.infer.SVI`` with ``pyro.optim.Adam``: steps what the param store holds."""
-
-    def __init__(self, program: Program, objective: Any, lr: float, beta: float) -> None:
-        registered = {id(t) for t in pyro.get_param_store()._params.values()}
-        unseen = [n for n, p in program.parameters.items() if id(p) not in registered]
-        if unseen:
-            raise ProgramError(
-                f"engine 'svi' steps only what pyro.module / pyro.param register, and "
-                f"{len(unseen)} parameters of {program.name} are not registered (first: "
-                f"{unseen[0]}); register them, or use engine='fast'"
-            )
-        self.weights = KLWeight(beta), KLWeight(beta)
-        self.model = self.weights[0](program.model)
-        self.guide = self.weights[1](program.guide)
-        self.svi = SVI(self.model, self.guide, pyro.optim.Adam({"lr": lr}), loss=objective)
-        self.objective = objective
-
-    def step(self, batch: tuple) -> float:
-        return self.svi.step(*batch) / len(batch[0])
-
-    def state_dict(self) -> Any:
-        return self.svi.optim.get_state()
-
-    def load_state_dict(self, state: Any) -> None:
-        self.svi.optim.set_state(state)
-
-
-def _mean_loss(model: Callable, guide: Callable, objective: Any, batches: Any, seed: int | None):
-    """Minus the objective's bound per data point over ``batches``, with fixed draws when
-    ``seed`` is set (the global random state is left as it was)."""
-    with torch.random.fork_rng(), torch.no_grad():
-        if seed is not None:
-            torch.manual_seed(seed)
-        total, n = 0.0, 0
-        for batch in batches:
-            total += float(objective.differentiable_loss(model, guide, *batch))
-            n += len(batch[0])
-    return total / max(n, 1)
-
-
-def negative_bound(
-    program: Any, x: Any, objective: Any, batch_size: int = 1000, seed: int | None = 0
-) -> float:
-    """Minus the objective's bound, averaged over the data points of ``x`` (rows of a tensor,
-    or a tuple of tensors), in nats, for any program :func:`ppl_vae.program.as_program` takes.
-
-    With ``seed`` set, the draws are fixed (common random numbers across calls) and the global
-    random state is left as it was.
-    """
-    program = as_program(program)
-    feed = TensorFeed(as_batch(x), batch_size, shuffle=False)
-    return _mean_loss(program.model, program.guide, objective, feed.batches(batch_size), seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +169,7 @@ class _Trainer:
         run_info: dict[str, Any] | None,
     ) -> None:
         self.program, self.config, self.out, self.callback = program, config, out, callback
-        self.train_feed, self.val_feed, splits = _feeds(data, val, config)
+        self.train_feed, self.val_feed, splits = feeds(data, val, config)
         for feed, what in (
             (self.train_feed, "the training data"),
             (self.val_feed, "the validation data"),
@@ -373,7 +179,7 @@ class _Trainer:
         # probing runs the program; it leaves the random state as it found it, so training
         # draws the same numbers as pyro.infer.SVI seeded alike
         with torch.random.fork_rng():
-            self.dtype, self.device = _discover(program, self.train_feed.first())
+            self.dtype, self.device = discover(program, self.train_feed.first())
             for feed, what in ((self.train_feed, "the data"), (self.val_feed, "validation data")):
                 if isinstance(feed, TensorFeed):
                     feed.to(self.dtype, self.device, what)
@@ -382,7 +188,7 @@ class _Trainer:
         objective = make_objective(config.objective, config.particles, sites)
         pyro.set_rng_seed(config.seed)
         self.gen = torch.Generator(device=self.device).manual_seed(config.seed)
-        engine = _SVIEngine if config.engine == "svi" else _FastEngine
+        engine = SVIEngine if config.engine == "svi" else FastEngine
         self.engine = engine(program, objective, config.lr, config.beta)
         self.state = TrainState()
         self.result = FitResult(objective=resolve(config.objective, sites))
@@ -395,14 +201,14 @@ class _Trainer:
         }
 
     def _check_first_batches(self, splits: DataSplits | None) -> None:
-        first = _as(self.train_feed.first(), self.dtype, self.device)
+        first = cast(self.train_feed.first(), self.dtype, self.device)
         if self.train_feed.dynamic:
             first = (torch.bernoulli(first[0]), *first[1:])
         self._first_train = first
-        _check_data(self.program, first, splits, "the training data")
+        check_data(self.program, first, splits, "the training data")
         if self.val_feed is not None:
-            val_first = _as(self.val_feed.first(), self.dtype, self.device)
-            _check_data(self.program, val_first, splits, "the validation data")
+            val_first = cast(self.val_feed.first(), self.dtype, self.device)
+            check_data(self.program, val_first, splits, "the validation data")
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -414,7 +220,7 @@ class _Trainer:
         if self.path is None:
             return
         if not (self.out / CONFIG).is_file():
-            _write_json(self.out / CONFIG, self.run_info)
+            write_json(self.out / CONFIG, self.run_info)
         state = {
             "config": asdict(self.config),
             "program": self.program.state_dict(),
@@ -526,10 +332,10 @@ class _Trainer:
             return None
         self.program.train(False)
         batches = (
-            _as(b, self.dtype, self.device)
+            cast(b, self.dtype, self.device)
             for b in self.val_feed.batches(self.config.eval_batch_size)
         )
-        loss = _mean_loss(
+        loss = mean_loss(
             self.engine.model, self.engine.guide, self.engine.objective, batches, self.config.seed
         )
         self.program.train(True)
@@ -584,15 +390,6 @@ class _Trainer:
         if self.state.best_state is not None:
             self.program.load_state_dict(self.state.best_state)
         return self.result
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` to ``path`` atomically."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def fit(
@@ -653,7 +450,7 @@ def fit(
     """
     config = replace(config or FitConfig(), **overrides)
     _check_config(config)
-    program, train, val = _arguments(program, data)
+    program, train, val = split_arguments(program, data)
     trainer = _Trainer(
         program, train, val, config, Path(out) if out is not None else None, callback, run_info
     )
