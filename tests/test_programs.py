@@ -405,3 +405,9 @@ def test_an_autoguide_is_a_guide_fit_trains(digits):
     assert losses[-1] < losses[0], losses
     found = as_program(model, guide).find_parameters(x)
     assert any(n.startswith("guide.") for n in found), f"AutoNormal's parameters: {list(found)}"
+
+
+@pytest.mark.parametrize("weight", [{"beta": 2.0}, {"warmup": 1}])
+def test_iwae_refuses_a_kl_weight_on_any_program(digits, weight):
+    with pytest.raises(ValueError, match="no bound; use beta=1 and warmup=0 with iwae"):
+        fit(ExampleVAE(64, 3, 16), digits.train[:50], objective="iwae", particles=3, **weight)
