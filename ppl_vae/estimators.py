@@ -21,6 +21,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from .program import check_pair
+
 __all__ = ["LogLikelihood", "elbo", "log_likelihood"]
 
 #: Particles x data points per pass when neither chunk_size nor batch_size is given. Measured on
@@ -91,6 +93,7 @@ def probe(
         # Bernoulli) when validation is on; the particle passes skip those checks
         guide_trace.compute_log_prob()
         model_trace.compute_log_prob()
+    check_pair(model_trace, guide_trace)
     nesting, size = 0, None
     for trace in (guide_trace, model_trace):
         for name, site in _sample_sites(trace):

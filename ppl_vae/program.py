@@ -43,6 +43,7 @@ __all__ = [
     "as_program",
     "binary_observation",
     "check_observed",
+    "check_pair",
     "observed_sites",
 ]
 
@@ -256,6 +257,50 @@ def traces(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple
             *args, **kwargs
         )
     return model_trace, guide_trace
+
+
+def check_pair(model_trace: Any, guide_trace: Any) -> None:
+    """A :class:`ProgramError` naming the sites unless the guide samples exactly the model's
+    latent sites: a model site the guide lacks would be drawn from the prior on replay, and a
+    guide site the model lacks would enter log q but not log p; either way the bound or the
+    estimate would be of another model (Pyro's ELBOs check this only under validation)."""
+
+    def latent(trace: Any) -> set[str]:
+        return {
+            name
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        }
+
+    model_latent, guide_latent = latent(model_trace), latent(guide_trace)
+    observed = {
+        n for n, s in model_trace.nodes.items() if s["type"] == "sample" and s["is_observed"]
+    }
+    missing = sorted(model_latent - guide_latent)
+    if missing:
+        raise ProgramError(
+            f"the guide does not sample the model's latent site(s) {', '.join(map(repr, missing))}"
+            ": replayed, the model would draw them from the prior, and the bound would not be "
+            "the program's; sample them in the guide (same names)"
+        )
+    auxiliary = {  # Pyro's marked guide-only variables (an AutoGuide's unconstrained draws)
+        n
+        for n, s in guide_trace.nodes.items()
+        if s["type"] == "sample" and s["infer"].get("is_auxiliary")
+    }
+    extra = sorted(guide_latent - model_latent - observed - auxiliary)
+    if extra:
+        raise ProgramError(
+            f"the guide samples {', '.join(map(repr, extra))}, which the model lacks: it would "
+            "enter log q(z|x) but not log p(x, z); rename it to the model's site, drop it, or "
+            "mark a guide-only variable infer={'is_auxiliary': True}"
+        )
+    shadowed = sorted(guide_latent & observed)
+    if shadowed:
+        raise ProgramError(
+            f"the guide samples {', '.join(map(repr, shadowed))}, which the model observes; "
+            "the guide samples only latent sites"
+        )
 
 
 def observed_sites(

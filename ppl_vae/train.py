@@ -33,7 +33,7 @@ from .engines import ENGINES, FastEngine, SVIEngine, mean_loss, negative_bound
 from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .preflight import cast, check_data, discover, feeds, split_arguments
-from .program import Program, ProgramError
+from .program import Program, ProgramError, check_pair, traces
 
 __all__ = ["FitConfig", "FitResult", "TrainState", "fit", "negative_bound"]
 
@@ -184,6 +184,7 @@ class _Trainer:
                 if isinstance(feed, TensorFeed):
                     feed.to(self.dtype, self.device, what)
             self._check_first_batches(splits)
+            check_pair(*traces(program.model, program.guide, self._first_train, {}))
             sites = kl_obstacles(program.model, program.guide, *self._first_train)
         objective = make_objective(config.objective, config.particles, sites)
         pyro.set_rng_seed(config.seed)

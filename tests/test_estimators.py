@@ -323,3 +323,45 @@ def test_tensor_arguments_that_are_not_the_data_are_left_whole() -> None:
     est = log_likelihood(model, guide, x, w, num_samples=50)
     pyro.set_rng_seed(0)
     assert est.shape == (5,) and torch.isfinite(est).all()
+
+
+@pytest.mark.parametrize("mismatch", ["missing", "extra"])
+def test_a_guide_that_does_not_match_the_model_is_refused(mismatch) -> None:
+    """Unchecked, a missing site is drawn from the prior on replay and an extra one enters
+    log q only: the estimate was off by 1.2 to 2.4 nats without a word."""
+    from ppl_vae import fit
+    from ppl_vae.program import ProgramError
+
+    lg = make_linear_gaussian(d=2, D=3)
+    x = lg.sample(5)
+    guide = lg.perturbed_guide(0.3)
+
+    zeros = torch.zeros(len(x), dtype=x.dtype)
+
+    def model(x):  # lg.model with one more latent site, "w"
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x[:, :2]), 1.0).to_event(1))
+            pyro.sample("w", dist.Normal(zeros, 1.0))
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.s).to_event(1), obs=x)
+
+    def other_guide(x):  # the perturbed guide with one more site, "v"
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(guide.loc(x), guide.scale).to_event(1))
+            pyro.sample("v", dist.Normal(zeros, 1.0))
+
+    pair = (model, guide) if mismatch == "missing" else (lg.model, other_guide)
+    text = "does not sample the model's latent site.*'w'" if mismatch == "missing" else "'v'"
+    with pytest.raises(ProgramError, match=text):
+        log_likelihood(*pair, x, num_samples=10)
+    with pytest.raises(ProgramError, match=text):
+        elbo(*pair, x)
+
+    def with_param(fn):
+        def wrapped(x):
+            pyro.param("p", torch.zeros(1, dtype=x.dtype))
+            return fn(x)
+
+        return wrapped
+
+    with pytest.raises(ProgramError, match=text):
+        fit(with_param(pair[0]), with_param(pair[1]), x, epochs=1, progress=False)
