@@ -3,21 +3,32 @@ torch Adam over every parameter) and ``pyro.infer.SVI``; and the loss over a dat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
+from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from .batching import TensorFeed, as_batch
 from .handlers import KLWeight, RegisteredParams
 from .program import Program, ProgramError, as_program
 
-__all__ = ["ENGINES", "FastEngine", "SVIEngine", "mean_loss", "negative_bound"]
+__all__ = ["ENGINES", "FastEngine", "NonFiniteLoss", "SVIEngine", "mean_loss", "negative_bound"]
 
 ENGINES = ("fast", "svi")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A step's loss was NaN or infinite; the parameters were not updated."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"the loss is {value}")
+        self.value = value
 
 
 def _adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
@@ -54,12 +65,20 @@ class FastEngine:
                 "the loss does not depend on any parameter of the program; register the "
                 "networks the model and guide use (pyro.module) or give fit their nn.Module"
             )
+        value = loss.item()
+        if not math.isfinite(value):  # before any update: the parameters stay as they were
+            raise NonFiniteLoss(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if not self._checked:
             self._check_gradients()
         self.optimizer.step()
-        return loss.item()
+        return value
+
+    def set_lr(self, lr: float) -> None:
+        """A new learning rate from the next step on (a resumed run with another lr)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _check_gradients(self) -> None:
         """After the first backward pass: some parameter fit steps must have a gradient."""
@@ -98,7 +117,27 @@ class SVIEngine(FastEngine):
         self.objective = objective
 
     def step(self, batch: tuple) -> float:
-        return self.svi.step(*batch) / len(batch[0])
+        # SVI.step, with the loss checked before the update
+        with poutine.trace(param_only=True) as capture:
+            loss = self.objective.loss_and_grads(self.model, self.guide, *batch)
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        value = loss / len(batch[0])
+        if not math.isfinite(value):
+            zero_grads(params)
+            raise NonFiniteLoss(value)
+        self.svi.optim(params)
+        zero_grads(params)
+        return value
+
+    def set_lr(self, lr: float) -> None:
+        optim = self.svi.optim
+        optim.pt_optim_args["lr"] = lr
+        for torch_optim in optim.optim_objs.values():
+            for group in torch_optim.param_groups:
+                group["lr"] = lr
+        for saved in optim._state_waiting_to_be_consumed.values():  # loaded at the next step
+            for group in saved["param_groups"]:
+                group["lr"] = lr
 
     def state_dict(self) -> Any:
         return self.svi.optim.get_state()

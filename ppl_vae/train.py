@@ -29,13 +29,21 @@ from .checkpoint import (
     write_json,
 )
 from .data import DataSplits
-from .engines import ENGINES, FastEngine, SVIEngine, mean_loss, negative_bound
+from .engines import ENGINES, FastEngine, NonFiniteLoss, SVIEngine, mean_loss, negative_bound
 from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .preflight import cast, check_data, discover, feeds, split_arguments
 from .program import Program, ProgramError, check_pair, traces
 
-__all__ = ["FitConfig", "FitResult", "TrainState", "fit", "negative_bound"]
+__all__ = [
+    "RESUMABLE",
+    "FitConfig",
+    "FitResult",
+    "Terminated",
+    "TrainState",
+    "fit",
+    "negative_bound",
+]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -71,13 +79,26 @@ class FitConfig:
         None, "stop after this many epochs without a better val loss (counted after warm-up)"
     )
     checkpoint_every: int = _opt(0, "also checkpoint every N steps in an epoch (0: epoch ends)")
+    skip_nonfinite: int = _opt(
+        0, "skip up to N steps whose loss is not finite (no update); 0: stop at the first"
+    )
     engine: str = _opt("fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI", ENGINES)
     progress: bool = _opt(True, "show a progress bar and a line per epoch")
     eval_batch_size: int = _opt(1000, "data points per validation batch")
 
 
-# Fields that may change between an interrupted run and its resumption.
-_RESUMABLE = {"epochs", "patience", "progress", "checkpoint_every", "eval_batch_size"}
+#: Settings that may change when a run is resumed; every other one must match. A changed lr
+#: (lower it after a divergence) applies from the resumed step on, so that run is no longer
+#: the same as an uninterrupted one.
+RESUMABLE = (
+    "epochs",
+    "patience",
+    "progress",
+    "checkpoint_every",
+    "eval_batch_size",
+    "lr",
+    "skip_nonfinite",
+)
 
 
 @dataclass
@@ -103,31 +124,48 @@ class TrainState:
     step_in_epoch: int = 0  # steps of the current epoch completed
     perm: Tensor | None = None  # this epoch's order of the training rows
     loss_sum: float = 0.0  # sum of this epoch's step losses so far
+    loss_count: int = 0  # how many steps that sum has (skipped steps have no loss)
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_loss: float = math.inf
     bad_epochs: int = 0  # epochs since the best, counted after the warm-up
     best_state: dict[str, Any] | None = None  # the best epoch's program state (with patience)
     loader_rng: dict[str, Any] | None = None  # random states at this epoch's start (loaders)
+    skipped: int = 0  # steps skipped for a non-finite loss (skip_nonfinite)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _check_config(config: FitConfig) -> None:
-    if config.engine not in ENGINES:
-        raise ValueError(f"unknown engine {config.engine!r}; choose one of {list(ENGINES)}")
-    if config.warmup < 0:
-        raise ValueError(f"warmup must be a number of epochs >= 0, got {config.warmup}")
-    if config.beta < 0:
-        raise ValueError(f"beta must be >= 0, got {config.beta}")
+    """A ``ValueError`` for a setting outside its range, naming the setting."""
+
+    def need(ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            value = getattr(config, name)
+            raise ValueError(f"{name} must be {rule}, got {value!r} (--{name.replace('_', '-')})")
+
+    def whole(name: str, low: int) -> None:
+        value = getattr(config, name)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        need(ok, name, f"a whole number >= {low}")
+
+    for name in ("epochs", "batch_size", "particles", "eval_batch_size"):
+        whole(name, 1)
+    for name in ("checkpoint_every", "skip_nonfinite"):
+        whole(name, 0)
+    if config.patience is not None:
+        whole("patience", 1)
+    for name in ("lr", "beta", "warmup"):
+        value = getattr(config, name)
+        need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, ">= 0")
+    need(config.engine in ENGINES, "engine", f"one of {list(ENGINES)}")
+    need(config.objective in OBJECTIVES, "objective", f"one of {list(OBJECTIVES)}")
     if config.objective.startswith("iwae") and (config.warmup or config.beta != 1.0):
         raise ValueError(
             "a KL weight (beta or warm-up) scales the latent sites, which inside the IWAE "
             "log-sum-exp is no bound; use beta=1 and warmup=0 with iwae objectives, or warm up "
             "with an ELBO objective first"
         )
-    if config.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {config.batch_size}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,24 +173,37 @@ def _check_config(config: FitConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler or a container stopping the run), handled as Ctrl-C is:
+    the current step finishes, the checkpoint is written, then this is raised."""
+
+
 @contextmanager
-def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
-    """Hold Ctrl-C until the current step ends, so a checkpoint never sees half an update."""
-    hit = {"flag": False}
+def _deferred_interrupt() -> Iterator[Callable[[], int | None]]:
+    """Hold Ctrl-C and SIGTERM until the current step ends, so a checkpoint never sees half an
+    update; the callable returns the signal that came, if one did."""
+    hit: dict[str, int | None] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+        yield lambda: None
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if hit["flag"]:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        hit["flag"] = True
+        if hit["signal"] is not None:  # a second signal stops at once
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        hit["signal"] = signum
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: hit["flag"]
+        yield lambda: hit["signal"]
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stop_if(interrupted: Callable[[], int | None]) -> None:
+    sig = interrupted()
+    if sig is not None:
+        raise Terminated if sig == signal.SIGTERM else KeyboardInterrupt
 
 
 class _Trainer:
@@ -250,7 +301,7 @@ class _Trainer:
         changed = {
             k
             for k, v in asdict(old).items()
-            if v != getattr(self.config, k) and k not in _RESUMABLE
+            if v != getattr(self.config, k) and k not in RESUMABLE
         }
         if changed:
             raise CheckpointError(
@@ -262,6 +313,8 @@ class _Trainer:
         except ProgramError as e:
             raise CheckpointError(f"{self.path} does not fit this program: {e}") from e
         self.engine.load_state_dict(saved["optimizer"])
+        if old.lr != self.config.lr:
+            self.engine.set_lr(self.config.lr)
         set_rng_state(saved["rng"])
         self.gen.set_state(saved["data_rng"])
         self.state = TrainState(**saved["train"])
@@ -295,36 +348,40 @@ class _Trainer:
             b = state.step_in_epoch
             self.engine.set_weight(warmup_weight(config.beta, config.warmup, state.epoch, b, n))
             loss = self._step(batch, b)
-            state.loss_sum += loss
             state.step_in_epoch = b + 1
             bar.update(1)
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
-            if self.callback is not None:
-                self.callback(state.epoch, b, loss)
-            if interrupted():
-                raise KeyboardInterrupt
+            if loss is not None:
+                state.loss_sum, state.loss_count = state.loss_sum + loss, state.loss_count + 1
+                if b % 20 == 0:
+                    bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
+                if self.callback is not None:
+                    self.callback(state.epoch, b, loss)
+            _stop_if(interrupted)
             if config.checkpoint_every and state.step_in_epoch % config.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
         self.engine.set_weight(config.beta)
 
-    def _step(self, batch: tuple, b: int) -> float:
+    def _step(self, batch: tuple, b: int) -> float | None:
+        """One step; None when a step with a non-finite loss was skipped."""
         where = f"epoch {self.state.epoch + 1}, step {b}"
         try:
-            loss = self.engine.step(batch)
-        except ValueError as e:  # Pyro's validation: a parameter or value out of its support
+            return self.engine.step(batch)
+        except NonFiniteLoss as e:
+            problem = f"the loss became {e.value}"
+        except ValueError as e:  # Pyro's validation: a distribution's parameter went NaN/inf
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(
-                f"training failed at {where}: {first_line} (if the loss was falling, it diverged: "
-                "lower --lr)"
-            ) from e
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss} at {where}; lower --lr, or check the data for extreme "
-                "values"
-            )
-        return loss
+            if "invalid values" not in first_line:
+                raise ValueError(f"training failed at {where}: {first_line}") from e
+            problem = f"a parameter left its support ({first_line.rstrip(':')})"
+        if self.state.skipped < self.config.skip_nonfinite:
+            self.state.skipped += 1
+            return None
+        raise FloatingPointError(
+            f"the run diverged at {where}: {problem}; the last checkpoint is kept. Lower the "
+            "learning rate (resume with --resume --lr SMALLER), warm the KL up (--warmup), or "
+            "let up to N such steps be skipped (--skip-nonfinite N)"
+        )
 
     # -- validation and the stopping rule ------------------------------------------------------
 
@@ -345,8 +402,10 @@ class _Trainer:
     def end_epoch(self) -> bool:
         """Record the epoch, keep the best weights, checkpoint; True when training stops."""
         config, state = self.config, self.state
-        n = self.train_feed.n_batches or max(1, state.step_in_epoch)
-        record = {"epoch": state.epoch + 1, "train_loss": state.loss_sum / max(1, n)}
+        record = {
+            "epoch": state.epoch + 1,
+            "train_loss": state.loss_sum / max(1, state.loss_count),
+        }
         val = self.validate()
         if val is not None:
             record["val_loss"] = val
@@ -462,6 +521,7 @@ def fit(
                 trainer.train_epoch(interrupted)
                 if trainer.end_epoch():
                     break
+                _stop_if(interrupted)
     except KeyboardInterrupt:
         trainer.checkpoint()
         if config.progress and trainer.path is not None:
