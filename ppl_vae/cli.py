@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from .runs import (
     open_run,
     read_config,
 )
-from .train import FitConfig, fit
+from .train import RESUMABLE, FitConfig, Terminated, check_config, fit
 from .viz import interleave, plot_curves, save_image_grid
 
 __all__ = ["main"]
@@ -117,7 +117,11 @@ def _pictures(program, x: torch.Tensor, image_shape, out: Path, seed: int) -> li
 
 def _cmd_train(args: argparse.Namespace) -> int:
     run, fit_config = _pick(RunConfig, args), _pick(FitConfig, args)
+    run.check()
+    check_config(fit_config)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
     torch.manual_seed(fit_config.seed)
     if run.model is not None:
         network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")
@@ -150,6 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config=fit_config,
         out=out,
         resume=args.resume,
+        overwrite=args.overwrite,
         run_info={"run": dataclasses.asdict(run)},
     )
     seconds = time.perf_counter() - started
@@ -243,13 +248,36 @@ def _cmd_pictures(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit 2, not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-vae`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ppl-vae",
         description="Variational autoencoders as Pyro programs: train, evaluate log p(x), draw.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error, not one line"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser(
         "train",
@@ -258,7 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", default="runs/demo", help="run folder to write")
     train.add_argument(
-        "--resume", action="store_true", help="continue from OUT/checkpoint.pt where it stopped"
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT where it stopped; only "
+        + ", ".join("--" + k.replace("_", "-") for k in RESUMABLE)
+        + " may differ from its settings",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run that OUT holds, if any"
     )
     _add_dataclass_flags(train, RunConfig)
     _add_dataclass_flags(train, FitConfig)
@@ -285,18 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev = run_dir_parser("evaluate", "importance-sampled log p(x) with diagnostics")
     ev.add_argument(
         "--num-samples",
-        type=int,
+        type=_count(1),
         default=1000,
         help="importance samples K per data point (default: %(default)s)",
     )
-    ev.add_argument("--limit", type=int, default=0, help="only the first N points (0: all)")
+    ev.add_argument("--limit", type=_count(0), default=0, help="only the first N points (0: all)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     for name, help_ in (
         ("sample", "a PNG grid of samples from the model"),
         ("reconstruct", "a PNG grid of data and reconstructions"),
     ):
         p = run_dir_parser(name, help_)
-        p.add_argument("--n", type=int, default=100, help="images (default: %(default)s)")
+        p.add_argument("--n", type=_count(1), default=100, help="images (default: %(default)s)")
         p.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
     return parser
 
@@ -312,12 +347,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, CheckpointError, ProgramError) as e:
-        print(f"ppl-vae {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        code = 1 if isinstance(e, FloatingPointError) else 2
+        known = (ValueError, OSError, CheckpointError, ProgramError, FloatingPointError)
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, known):
+            code, text = 1, f"{type(e).__name__}: {text} (--debug shows where)"
+        print(f"ppl-vae {args.command}: error: {text}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt as e:
+        saved = (
+            "; the checkpoint is saved (resume with --resume)" if args.command == "train" else ""
+        )
+        terminated = isinstance(e, Terminated)
+        print(f"{'terminated' if terminated else 'interrupted'}{saved}", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":

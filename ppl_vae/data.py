@@ -218,26 +218,65 @@ def _load_torchvision(
     return flat(train[:-n_val]), flat(train[-n_val:]), flat(test), tuple(train.shape[1:])
 
 
-def _load_arrays(path: Path, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int] | None]:
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The ``train`` (and ``val``, ``test``) arrays of a .npy or .npz file."""
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
-    if path.suffix == ".npz":
-        with np.load(path) as f:
-            if "train" not in f:
-                raise ValueError(
-                    f"{path} must hold an array named 'train' (and optionally 'val', 'test'); "
-                    f"it holds {sorted(f.files)}"
-                )
-            arrays = {k: f[k] for k in ("train", "val", "test") if k in f}
-    elif path.suffix == ".npy":
-        arrays = {"train": np.load(path)}
-    else:
+    if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"unsupported data file {path}: use a .npy array or a .npz archive")
-    image_shape = tuple(arrays["train"].shape[1:]) if arrays["train"].ndim == 3 else None
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a numpy {path.suffix} file ({e})") from None
+    if isinstance(loaded, np.ndarray):
+        return {"train": loaded}
+    with loaded as f:
+        if "train" not in f.files:
+            raise ValueError(
+                f"{path} must hold an array named 'train' (and optionally 'val', 'test'); "
+                f"it holds {sorted(f.files)}"
+            )
+        return {k: f[k] for k in ("train", "val", "test") if k in f.files}
+
+
+def _rows(name: str, a: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """An array as rows of features, and the image shape where its rows are images: (N, D)
+    as it is; (N, H, W) images; (N, 1, H, W) or (N, H, W, 1) one-channel images. Anything
+    else is refused, saying how to reshape it."""
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: array {name!r} holds {a.dtype} values, not numbers")
+    if a.ndim == 4 and 1 in (a.shape[1], a.shape[3]):
+        a = a.reshape(a.shape[0], *(d for d in a.shape[1:] if d != 1) or (1, 1))
+    if a.ndim == 2:
+        return a, None
+    if a.ndim == 3:
+        return a.reshape(len(a), -1), (a.shape[1], a.shape[2])
+    hint = (
+        "a 1-D array is ambiguous: reshape to (N, 1) for N points of one feature or (1, D) "
+        "for one point"
+        if a.ndim < 2
+        else "flatten each point: a.reshape(len(a), -1)"
+    )
+    raise ValueError(f"{path}: array {name!r} has shape {a.shape}; {hint}")
+
+
+def _load_arrays(path: Path, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int] | None]:
+    arrays = _read_arrays(path)
+    rows = {k: _rows(k, v, path) for k, v in arrays.items()}
+    image_shape = rows["train"][1]
+    if any(r[0].shape[1] != rows["train"][0].shape[1] for r in rows.values()):
+        shapes = {k: r[0].shape for k, r in rows.items()}
+        raise ValueError(f"{path}: the arrays have different numbers of features: {shapes}")
     scale = 255.0 if arrays["train"].dtype == np.uint8 else 1.0
-    t = {k: torch.from_numpy(v.reshape(len(v), -1) / scale).float() for k, v in arrays.items()}
+    t = {k: torch.from_numpy(v / scale).float() for k, (v, _) in rows.items()}
     hold = max(1, len(t["train"]) // 10)  # split off the splits the file lacks, 10% each
     sizes = (0 if "val" in t else hold, 0 if "test" in t else hold)
+    if len(t["train"]) - sum(sizes) < 1 or any(len(v) == 0 for v in t.values()):
+        raise ValueError(
+            f"{path} has {len(t['train'])} training rows, too few to split off "
+            f"{sizes[0]} validation and {sizes[1]} test rows and keep one to train on; give "
+            "more rows, or 'val' and 'test' arrays in a .npz"
+        )
     if any(sizes):
         tr, va, te = _split(t["train"], sizes, seed)
         t = {"train": tr, "val": t.get("val", va), "test": t.get("test", te)}

@@ -28,6 +28,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "build_program",
+    "check_device",
     "check_features",
     "choose_binarization",
     "load_data",
@@ -74,6 +75,21 @@ class RunConfig:
     modes: int = _opt(3, "polymodal latent: Gaussians per latent dimension")
     eval_samples: int = _opt(1000, "importance samples per test point for log p(x)")
     device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
+
+    def check(self) -> None:
+        """A ``ValueError`` naming the flag when a size or count is out of range, or the
+        device is not there; before anything is loaded or written."""
+        for name in ("z_dim", "components", "pseudo_inputs", "flow_layers", "modes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.eval_samples < 1:
+            raise ValueError(f"--eval-samples must be at least 1, got {self.eval_samples}")
+        if not self.gaussian_scale > 0:
+            raise ValueError(f"--gaussian-scale must be positive, got {self.gaussian_scale}")
+        if any(w < 1 for w in self.network()["hidden"]):
+            raise ValueError(f"--hidden widths must be at least 1, got {self.hidden!r}")
+        check_device(self.device)
 
     def network(self) -> dict[str, Any]:
         """The preset's network with explicit flags laid over it."""
@@ -122,6 +138,25 @@ class RunConfig:
             **{k: v for k, v in prior_options.items() if v is not None},
         }
         return {"builder": "build_vae", "kwargs": kwargs}
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a torch device that is there, or a ``ValueError`` that says which are."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r} is not a torch device; use cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: there are {count} CUDA devices (0 to {count - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    return device
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,11 +22,14 @@ from tqdm import tqdm
 from .batching import TensorFeed, check_finite
 from .checkpoint import (
     CheckpointError,
+    RunLock,
     load_checkpoint,
+    read_json,
     rng_state,
     save_checkpoint,
     set_rng_state,
     write_json,
+    write_text,
 )
 from .data import DataSplits
 from .engines import ENGINES, FastEngine, NonFiniteLoss, SVIEngine, mean_loss, negative_bound
@@ -41,6 +44,7 @@ __all__ = [
     "FitResult",
     "Terminated",
     "TrainState",
+    "check_config",
     "fit",
     "negative_bound",
 ]
@@ -136,7 +140,7 @@ class TrainState:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _check_config(config: FitConfig) -> None:
+def check_config(config: FitConfig) -> None:
     """A ``ValueError`` for a setting outside its range, naming the setting."""
 
     def need(ok: bool, name: str, rule: str) -> None:
@@ -171,6 +175,37 @@ def _check_config(config: FitConfig) -> None:
 # --------------------------------------------------------------------------------------------
 # The trainer: one epoch, one validation, the stopping rule, checkpoints
 # --------------------------------------------------------------------------------------------
+
+
+#: Files of a run folder that a new run replaces (with ``overwrite``).
+RUN_FILES = (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    "metrics.json",
+    "samples.png",
+    "reconstructions.png",
+    "curves.png",
+)
+#: Recorded CLI flags that may change on resume besides :data:`RESUMABLE`.
+_RESUMABLE_FLAGS = ("eval_samples", "device")
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two run descriptions, as ``key: old -> new`` (resumable settings
+    left out)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in ("format",) or (prefix in ("fit.", "run.") and key in RESUMABLE):
+            continue
+        if prefix == "run." and key in _RESUMABLE_FLAGS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b and not (isinstance(a, list) and isinstance(b, tuple) and a == list(b)):
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
 
 
 class Terminated(KeyboardInterrupt):
@@ -244,6 +279,7 @@ class _Trainer:
         self.engine = engine(program, objective, config.lr, config.beta)
         self.state = TrainState()
         self.result = FitResult(objective=resolve(config.objective, sites))
+        self.lock = RunLock(out) if out is not None else None
         self.run_info = {
             "format": RUN_FORMAT,
             "program": program.recipe,
@@ -282,31 +318,55 @@ class _Trainer:
             "train": self.state.as_dict(),
         }
         self.result.checkpoint = save_checkpoint(state, self.path)
+        self._write_metrics()
 
-    def start(self, resume: bool) -> None:
-        """Open the run folder; with ``resume`` and a checkpoint there, continue from it."""
+    def _write_metrics(self) -> None:
+        """``metrics.jsonl`` as the checkpoint's history says, one line per epoch, rewritten
+        whole and atomically: a kill at any instant cannot log an epoch twice."""
+        lines = "".join(json.dumps(record) + "\n" for record in self.state.history)
+        write_text(self.out / METRICS, lines)
+
+    def start(self, resume: bool, overwrite: bool) -> None:
+        """Take the run folder: lock it; continue the run there (``resume``), replace it
+        (``overwrite``), or refuse to touch a folder that holds a run."""
         if self.out is None:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not (resume and self.path.exists()):
-            (self.out / METRICS).write_text("")
-            (self.out / CONFIG).unlink(missing_ok=True)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"{self.out} is a file, not a folder; give --out a folder")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except PermissionError as e:
+            raise ValueError(
+                f"cannot write to {self.out}: {e.strerror}; pick another --out"
+            ) from e
+        if resume and self.path.exists():
+            self._resume()
             return
+        if self.path.exists() and not overwrite:
+            raise CheckpointError(
+                f"{self.out} holds a run already ({CHECKPOINT}); pass resume=True (--resume) to "
+                "continue it, overwrite=True (--overwrite) to replace it, or another folder"
+            )
+        for name in RUN_FILES:
+            (self.out / name).unlink(missing_ok=True)
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint, after checking that it is the same run."""
         saved = load_checkpoint(self.path, map_location=self.device)
         if "train" not in saved:
             raise CheckpointError(
                 f"{self.path} was written by an older ppl_vae; train into a new folder"
             )
         old = FitConfig(**saved["config"])
-        changed = {
-            k
-            for k, v in asdict(old).items()
-            if v != getattr(self.config, k) and k not in RESUMABLE
-        }
+        recorded = read_json(self.out / CONFIG) if (self.out / CONFIG).is_file() else {}
+        recorded = {**recorded, "fit": asdict(old)}
+        changed = _differences(recorded, self.run_info)
         if changed:
             raise CheckpointError(
-                f"{self.path} was written with different settings ({', '.join(sorted(changed))}); "
-                "resume with the same settings or train into a new folder"
+                f"{self.out} holds another run than this one: {'; '.join(changed)}. Resume with "
+                f"its settings (only {', '.join(RESUMABLE)} may change), or train into "
+                "another folder"
             )
         try:
             self.program.load_state_dict(saved["program"])
@@ -318,6 +378,7 @@ class _Trainer:
         set_rng_state(saved["rng"])
         self.gen.set_state(saved["data_rng"])
         self.state = TrainState(**saved["train"])
+        self._write_metrics()  # the log may be an epoch ahead of the checkpoint after a kill
         self.result.history = self.state.history
         self.result.best_val_loss = self.state.best_val_loss
         if self.config.progress:
@@ -440,9 +501,6 @@ class _Trainer:
                 f"epoch {record['epoch']}/{self.config.epochs}  train {record['train_loss']:.2f}"
                 f"{val_text} nats  ({record['seconds']:.1f} s)"
             )
-        if self.out is not None:
-            with open(self.out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
     def finish(self) -> FitResult:
         """Evaluation mode; with patience set, the best epoch's weights."""
@@ -460,6 +518,7 @@ def fit(
     resume: bool = False,
     callback: Callable[[int, int, float], None] | None = None,
     run_info: dict[str, Any] | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> FitResult:
     """Train any Pyro program by stochastic variational inference.
@@ -488,11 +547,15 @@ def fit(
     Floating-point data are cast to the parameters' dtype and device. Values the model observes
     are checked against their distributions' supports before training starts.
 
-    With ``out`` set, the run appends a line per epoch to ``out/metrics.jsonl``, writes
-    ``out/config.json`` (how to rebuild the program and reload the data, where known) and
-    ``out/checkpoint.pt`` atomically (parameters, optimizer state, random states, position in
-    the epoch); ``ppl-vae evaluate | sample | reconstruct`` read that folder. ``resume=True``
-    continues from the checkpoint exactly as if the run had not stopped. With
+    With ``out`` set, the run locks the folder (a second writer is refused), writes
+    ``out/config.json`` (how to rebuild the program and reload the data, where known),
+    ``out/checkpoint.pt`` (parameters, optimizer state, random states, position in the epoch,
+    history) and ``out/metrics.jsonl`` (one line per epoch, derived from the checkpoint), each
+    atomically; ``ppl-vae evaluate | sample | reconstruct`` read that folder. A folder that
+    holds a run is refused unless ``resume`` or ``overwrite``. ``resume=True`` checks that the
+    folder holds this run (program, data, settings: each difference is named; only
+    :data:`RESUMABLE` settings may change) and continues exactly as if it had not stopped.
+    SIGTERM is handled as Ctrl-C. With
     ``config.patience`` set, the program comes back with the weights of its best validation
     epoch. Ctrl-C finishes the current step, saves, and raises ``KeyboardInterrupt``.
 
@@ -504,18 +567,20 @@ def fit(
         resume: continue from ``out/checkpoint.pt`` when it exists.
         callback: called as ``callback(epoch, step, loss)`` after every step.
         run_info: more fields for ``out/config.json`` (the CLI records its flags there).
+        overwrite: replace a run that ``out`` holds (without it, and without ``resume``, a
+            folder with a checkpoint is refused).
 
     Returns:
         A :class:`FitResult`.
     """
     config = replace(config or FitConfig(), **overrides)
-    _check_config(config)
+    check_config(config)
     program, train, val = split_arguments(program, data)
     trainer = _Trainer(
         program, train, val, config, Path(out) if out is not None else None, callback, run_info
     )
-    trainer.start(resume)
     try:
+        trainer.start(resume, overwrite)
         with _deferred_interrupt() as interrupted:
             while trainer.state.epoch < config.epochs:
                 trainer.train_epoch(interrupted)
@@ -528,4 +593,7 @@ def fit(
             tqdm.write(f"interrupted; saved {trainer.path} (resume with resume=True / --resume)")
         program.train(False)
         raise
+    finally:
+        if trainer.lock is not None:
+            trainer.lock.release()
     return trainer.finish()
