@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/ppl-vae train --dataset mnist5k --preset seed --epochs 100 --patience 10 --eval-samples 1000 --out $(OUT)
+	$(BIN)/ppl-vae train --dataset mnist5k --preset seed --epochs 100 --patience 10 --eval-samples 1000 --overwrite --out $(OUT)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

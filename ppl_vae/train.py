@@ -454,9 +454,29 @@ class _Trainer:
             cast(b, self.dtype, self.device)
             for b in self.val_feed.batches(self.config.eval_batch_size)
         )
-        loss = mean_loss(
-            self.engine.model, self.engine.guide, self.engine.objective, batches, self.config.seed
-        )
+        where = f"the run diverged by the end of epoch {self.state.epoch + 1}"
+        try:
+            loss = mean_loss(
+                self.engine.model,
+                self.engine.guide,
+                self.engine.objective,
+                batches,
+                self.config.seed,
+            )
+        except ValueError as e:
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "invalid values" not in first_line:
+                raise
+            raise FloatingPointError(
+                f"{where}: on validation data a parameter left its support "
+                f"({first_line.rstrip(':')}); lower the learning rate (--lr) or warm the KL up "
+                "(--warmup); the last good checkpoint is kept"
+            ) from e
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"{where}: the validation loss is {loss}; lower the learning rate (--lr); the "
+                "last good checkpoint is kept"
+            )
         self.program.train(True)
         return loss
 
