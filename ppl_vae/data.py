@@ -247,6 +247,8 @@ def _rows(name: str, a: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, 
         raise ValueError(f"{path}: array {name!r} holds {a.dtype} values, not numbers")
     if a.ndim == 4 and 1 in (a.shape[1], a.shape[3]):
         a = a.reshape(a.shape[0], *(d for d in a.shape[1:] if d != 1) or (1, 1))
+    if a.ndim in (2, 3) and a.size == 0:
+        raise ValueError(f"{path}: array {name!r} of shape {a.shape} holds no values")
     if a.ndim == 2:
         return a, None
     if a.ndim == 3:
