@@ -89,3 +89,22 @@ def test_user_arrays(tmp_path):
     np.savez(tmp_path / "bad.npz", x=images)
     with pytest.raises(ValueError, match="named 'train'"):
         load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_data_files_that_cannot_be_points_are_refused_with_a_hint(tmp_path):
+    (tmp_path / "text.npy").write_text("not an array\n")
+    with pytest.raises(ValueError, match="is not a numpy .npy file"):
+        load_dataset(str(tmp_path / "text.npy"))
+    np.save(tmp_path / "flat.npy", np.random.default_rng(0).random(50))
+    with pytest.raises(ValueError, match="1-D array is ambiguous: reshape to"):
+        load_dataset(str(tmp_path / "flat.npy"), binarization="none")
+    np.save(tmp_path / "two.npy", np.random.default_rng(0).random((2, 5)))
+    with pytest.raises(ValueError, match="too few to split off"):
+        load_dataset(str(tmp_path / "two.npy"), binarization="none")
+    one_channel = (np.random.default_rng(0).random((30, 1, 4, 4)) * 255).astype(np.uint8)
+    np.save(tmp_path / "chw.npy", one_channel)
+    d = load_dataset(str(tmp_path / "chw.npy"), binarization="static")
+    assert d.image_shape == (4, 4) and d.x_dim == 16
+    np.save(tmp_path / "rgb.npy", np.zeros((30, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"shape \(30, 4, 4, 3\); flatten each point"):
+        load_dataset(str(tmp_path / "rgb.npy"), binarization="none")
