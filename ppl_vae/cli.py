@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -345,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": _cmd_pictures,
         "reconstruct": _cmd_pictures,
     }
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return commands[args.command](args)
     except Exception as e:
@@ -364,6 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminated = isinstance(e, Terminated)
         print(f"{'terminated' if terminated else 'interrupted'}{saved}", file=sys.stderr)
         return 143 if terminated else 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

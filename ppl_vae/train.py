@@ -340,6 +340,9 @@ class _Trainer:
             raise ValueError(
                 f"cannot write to {self.out}: {e.strerror}; pick another --out"
             ) from e
+        for name in RUN_FILES:  # a write killed halfway leaves its temporary file
+            for tmp in self.out.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         if resume and self.path.exists():
             self._resume()
             return
