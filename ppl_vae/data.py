@@ -224,10 +224,18 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"no such data file: {path}")
     if path.suffix not in (".npy", ".npz"):
         raise ValueError(f"unsupported data file {path}: use a .npy array or a .npz archive")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    expected = b"\x93NUMPY" if path.suffix == ".npy" else b"PK"
+    if not magic.startswith(expected):
+        raise ValueError(
+            f"{path} is not a numpy {path.suffix} file (it lacks the format's header); save "
+            "arrays with numpy.save / numpy.savez"
+        )
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path} is not a numpy {path.suffix} file ({e})") from None
+        raise ValueError(f"{path} is a damaged or unsupported {path.suffix} file ({e})") from None
     if isinstance(loaded, np.ndarray):
         return {"train": loaded}
     with loaded as f:

@@ -187,8 +187,6 @@ RUN_FILES = (
     "reconstructions.png",
     "curves.png",
 )
-#: Recorded CLI flags that may change on resume besides :data:`RESUMABLE`.
-_RESUMABLE_FLAGS = ("eval_samples", "device")
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -196,9 +194,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     left out)."""
     out = []
     for key in sorted(set(old) | set(new)):
-        if key in ("format",) or (prefix in ("fit.", "run.") and key in RESUMABLE):
-            continue
-        if prefix == "run." and key in _RESUMABLE_FLAGS:
+        # "run" holds the CLI's flags, which the program, data and fit sections describe
+        if key in ("format", "run") or (prefix == "fit." and key in RESUMABLE):
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
