@@ -101,7 +101,7 @@ class Program:
         fn = self.hook(name)
         if fn is None:
             raise ProgramError(
-                f"{purpose} needs a {name}() method, which the program {self.name} lacks; "
+                f"{purpose} needs a method {name}(), which the program {self.name} lacks; "
                 f"add one to the object that has model() and guide()"
             )
         return fn

@@ -108,7 +108,7 @@ def test_a_program_without_sample_says_which_method_is_missing(tmp_path, capsys)
     assert "no pictures from sample(), reconstruct()" in capsys.readouterr().out
     assert main(["sample", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "needs a sample() method, which the program ExampleVAE lacks" in err
+    assert "needs a method sample(), which the program ExampleVAE lacks" in err
     assert len(err.strip().splitlines()) == 1, err
 
 
