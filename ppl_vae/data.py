@@ -314,10 +314,10 @@ def _labels_of(arrays: dict[str, np.ndarray], split: str, n: int, path: Path) ->
 def _load_arrays(
     path: Path, seed: int
 ) -> tuple[Splits, tuple[Tensor | None, ...], tuple[int, int] | None]:
-    arrays = _read_arrays(path)
-    labels = {k: _labels_of(arrays, k, len(arrays[k]), path) for k in _SPLITS if k in arrays}
-    arrays = {k: v for k, v in arrays.items() if k in _SPLITS}
+    found = _read_arrays(path)
+    arrays = {k: v for k, v in found.items() if k in _SPLITS}
     rows = {k: _rows(k, v, path) for k, v in arrays.items()}
+    labels = {k: _labels_of(found, k, len(rows[k][0]), path) for k in rows}
     image_shape = rows["train"][1]
     if any(r[0].shape[1] != rows["train"][0].shape[1] for r in rows.values()):
         shapes = {k: r[0].shape for k, r in rows.items()}
