@@ -1,4 +1,4 @@
-"""The ``ppl-vae`` command: train, evaluate, sample, reconstruct."""
+"""The ``ppl-vae`` command: train, evaluate, sample, reconstruct, interpolate, traverse."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .checkpoint import CheckpointError
 from .data import binarize_splits
 from .estimators import elbo as elbo_per_point
 from .estimators import log_likelihood
+from .latents import INTERPOLATIONS, interpolation_rows, traversal_rows
 from .program import ProgramError, check_observed
 from .runs import (
     RunConfig,
@@ -270,6 +271,38 @@ def _count(low: int) -> Callable[[str], int]:
     return parse
 
 
+@torch.no_grad()
+def _cmd_walk(args: argparse.Namespace) -> int:
+    """``interpolate`` and ``traverse``: pictures of walks in latent space."""
+    run, data, x = _load_for_eval(args)
+    if data.image_shape is None:
+        raise ValueError(f"{data.name} is not image data; there is nothing to draw")
+    out = Path(args.output or Path(args.run_dir) / f"{args.command}.png")
+    if args.command == "interpolate":
+        for i in (args.source, args.target):
+            if not 0 <= i < len(x):
+                raise ValueError(f"--from/--to take rows 0 to {len(x) - 1} of the split, got {i}")
+        kinds = INTERPOLATIONS if args.kind == "both" else (args.kind,)
+        rows = [
+            interpolation_rows(run.program, x[args.source], x[args.target], args.steps, kind)
+            for kind in kinds
+        ]
+        images, nrow = torch.cat(rows), args.steps
+        title = (
+            f"{args.split} rows {args.source} -> {args.target}: "
+            + ", ".join(kinds)
+            + " (one row each)"
+        )
+    else:
+        values = [float(v) for v in args.values.split(",")]
+        images, order = traversal_rows(run.program, x[args.row], x, values, args.dims)
+        nrow = len(values)
+        title = f"row {args.row}: z_d set to {values}, rows: dimensions {order}"
+    save_image_grid(images, data.image_shape, out, nrow, title)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-vae`` argument parser."""
     parser = _Parser(
@@ -335,6 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = run_dir_parser(name, help_)
         p.add_argument("--n", type=_count(1), default=100, help="images (default: %(default)s)")
         p.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    interp = run_dir_parser("interpolate", "decode points between two inputs' latent means")
+    interp.add_argument("--from", dest="source", type=_count(0), default=0, help="first row")
+    interp.add_argument("--to", dest="target", type=_count(0), default=1, help="last row")
+    interp.add_argument("--steps", type=_count(2), default=10, help="points, endpoints included")
+    interp.add_argument(
+        "--kind", choices=(*INTERPOLATIONS, "both"), default="both", help="path between them"
+    )
+    interp.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    trav = run_dir_parser("traverse", "vary one latent dimension at a time, decoded")
+    trav.add_argument("--row", type=_count(0), default=0, help="the input whose code is varied")
+    trav.add_argument("--dims", type=_count(1), default=None, help="most-used dimensions shown")
+    trav.add_argument(
+        "--values", default="-3,-2,-1,0,1,2,3", help="values for each z_d (write --values=-2,0,2)"
+    )
+    trav.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
     return parser
 
 
@@ -346,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "sample": _cmd_pictures,
         "reconstruct": _cmd_pictures,
+        "interpolate": _cmd_walk,
+        "traverse": _cmd_walk,
     }
     if threading.current_thread() is threading.main_thread():
         # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143

@@ -111,6 +111,11 @@ class VAE(nn.Module):
         return self.encoder(x)
 
     @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Mean of p(x|z) for codes ``z`` of shape ``(N, z_dim)``; shape ``(N, x_dim)``."""
+        return self.decoder(z).mean
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Mean of p(x | z = mean of q(z|x)); shape ``(N, x_dim)``."""
         return self.decoder(self.encode(x).mean).mean

@@ -8,6 +8,7 @@ Each function saves a PNG when given a path and returns the figure, which a note
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,13 +27,15 @@ def image_grid(
     h, w = image_shape
     tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, h, w)
     grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)[0]
-    size = max(3.0, 0.45 * nrow * max(h, w) / 28 * 1.6)
-    fig = Figure(figsize=(size, size * grid.shape[0] / grid.shape[1]))
+    width = max(4.0, 0.6 * min(nrow, len(tiles)))  # about 0.6 inch a tile, 4 inches at least
+    lines = textwrap.wrap(title, int(width * 11)) if title else []
+    height = width * grid.shape[0] / grid.shape[1] + 0.2 * len(lines) + 0.1
+    fig = Figure(figsize=(width, height))
     ax = fig.subplots()
     ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=9)
+    if lines:
+        ax.set_title("\n".join(lines), fontsize=9)
     fig.tight_layout()
     return fig
 
