@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .analysis import active_units, elbo_surgery, mutual_information_gap
 from .batching import check_finite
 from .checkpoint import CheckpointError
 from .data import binarize_splits
@@ -225,6 +226,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     metrics = _evaluate(run.program, x, args.num_samples, progress=not args.json)
     metrics = {"dataset": data.name, "split": args.split, **metrics}
+    labels = getattr(data, f"{args.split}_labels")
+    if labels is not None and args.limit:
+        labels = labels[: args.limit]
+    metrics.update(_look_inside(run.program, x, labels))
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
@@ -233,6 +238,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {text}")
     return 0
+
+
+@torch.no_grad()
+def _look_inside(program, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+    """Active units, ELBO surgery and, with factor labels (N, K), MIG, where the program has
+    ``encode``; nothing otherwise."""
+    if program.hook("encode") is None:
+        return {}
+    count, _ = active_units(program, x)
+    surgery = elbo_surgery(program, x, num_samples=min(1000, len(x)))
+    out = {
+        "active_units": count,
+        "average_kl": surgery.average_kl,
+        "marginal_kl": surgery.marginal_kl,
+        "mutual_information": surgery.mutual_information,
+        "mutual_information_se": surgery.mutual_information_se,
+        "log_n": surgery.log_n,
+    }
+    if labels is not None and labels.dim() == 2 and labels.shape[1] > 0:
+        codes = program.hook("encode")(x).mean
+        if codes.shape[1] >= 2 and all(len(c.unique()) > 1 for c in labels.T):
+            out["mig"], _ = mutual_information_gap(codes.cpu(), labels.cpu())
+    return out
 
 
 @torch.no_grad()

@@ -35,3 +35,19 @@ def test_load_dataset_sprites_keeps_the_factors_as_labels():
     # on the whole grid the factors are independent, so they are their own perfect code
     mig, _ = mutual_information_gap(labels.float(), labels)
     assert abs(mig - 1) < 1e-9, mig
+
+
+def test_evaluate_reports_surgery_active_units_and_mig_on_sprites(tmp_path, capsys):
+    import json
+
+    from ppl_vae.cli import main
+
+    argv = ["train", "--dataset", "sprites", "--preset", "small", "--epochs", "1"]
+    assert main([*argv, "--eval-samples", "5", "--no-progress", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path), "--num-samples", "5", "--limit", "200", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["mig"] <= 1 and 0 <= out["active_units"] <= 8
+    total = out["marginal_kl"] + out["mutual_information"]
+    assert abs(out["average_kl"] - total) < 1e-6
+    assert out["mutual_information"] <= out["log_n"] + 4 * out["mutual_information_se"]
