@@ -1,4 +1,5 @@
-"""The ``ppl-vae`` command: train, evaluate, sample, reconstruct, interpolate, traverse."""
+"""The ``ppl-vae`` command: train, evaluate, sample, reconstruct, interpolate, traverse,
+latents."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from .runs import (
     read_config,
 )
 from .train import RESUMABLE, FitConfig, Terminated, check_config, fit
-from .viz import interleave, plot_curves, save_image_grid
+from .viz import interleave, plot_curves, plot_latents, save_image_grid
 
 __all__ = ["main"]
 
@@ -336,6 +337,21 @@ def _cmd_walk(args: argparse.Namespace) -> int:
     return 0
 
 
+@torch.no_grad()
+def _cmd_latents(args: argparse.Namespace) -> int:
+    """The split's latent means in the plane, coloured by label."""
+    run, data, x = _load_for_eval(args)
+    encode = run.program.require("encode", "ppl-vae latents")
+    labels = getattr(data, f"{args.split}_labels")
+    if labels is not None and labels.dim() == 2:  # factors: colour by the one asked for
+        labels = labels[:, args.factor]
+    out = Path(args.output or Path(args.run_dir) / "latents.png")
+    title = f"{data.name} {args.split}: means of q(z|x)"
+    plot_latents(encode(x).mean, labels, out, title)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-vae`` argument parser."""
     parser = _Parser(
@@ -416,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--values", default="-3,-2,-1,0,1,2,3", help="values for each z_d (write --values=-2,0,2)"
     )
     trav.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    lat = run_dir_parser("latents", "the latent means of a split in 2-D, coloured by label")
+    lat.add_argument("--factor", type=_count(0), default=0, help="label column (factor data)")
+    lat.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/latents.png)")
     return parser
 
 
@@ -429,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reconstruct": _cmd_pictures,
         "interpolate": _cmd_walk,
         "traverse": _cmd_walk,
+        "latents": _cmd_latents,
     }
     if threading.current_thread() is threading.main_thread():
         # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143

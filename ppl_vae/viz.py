@@ -12,12 +12,13 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
-__all__ = ["image_grid", "interleave", "plot_curves", "save_image_grid"]
+__all__ = ["image_grid", "interleave", "plot_curves", "plot_latents", "save_image_grid"]
 
 
 def image_grid(
@@ -76,6 +77,45 @@ def plot_curves(
     ax.set_xlabel("epoch")
     ax.set_ylabel("minus the bound (nats)")
     ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_latents(
+    codes: Tensor,
+    labels: Tensor | None = None,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The latent means ``codes`` (N, D) as points in the plane, coloured by ``labels`` (N,)
+    where given: the two coordinates themselves when D = 2, else the first two principal
+    components (scikit-learn's PCA, their shares of the variance on the axes)."""
+    z = codes.detach().double().cpu().numpy()
+    if z.shape[1] == 1:
+        z = np.concatenate([z, np.zeros_like(z)], 1)
+    axes = ("z1", "z2")
+    if z.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(2).fit(z)
+        z = pca.transform(z)
+        share = pca.explained_variance_ratio_
+        axes = (f"PC1 ({share[0]:.0%} of the variance)", f"PC2 ({share[1]:.0%})")
+    fig = Figure(figsize=(5, 4.2))
+    ax = fig.subplots()
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.6)
+    else:
+        classes = labels.cpu().numpy()
+        points = ax.scatter(z[:, 0], z[:, 1], c=classes, s=4, alpha=0.7, cmap="tab10")
+        fig.colorbar(points, ax=ax, label="label")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    if title:
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:

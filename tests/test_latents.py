@@ -55,6 +55,9 @@ def test_interpolate_and_traverse_commands_write_pictures(tmp_path, capsys):
         assert im.size[0] > 100 and im.size[1] > 30
     assert main(["traverse", str(tmp_path), "--dims", "4", "--values=-2,0,2"]) == 0
     assert (tmp_path / "traverse.png").stat().st_size > 1000
+    assert main(["latents", str(tmp_path)]) == 0
+    with Image.open(tmp_path / "latents.png") as im:
+        assert im.size == (600, 504)  # 5 x 4.2 inches at 120 dpi
     capsys.readouterr()
     assert main(["interpolate", str(tmp_path), "--from", "9999"]) == 2
     assert "--from/--to take rows 0 to 179" in capsys.readouterr().err
