@@ -22,7 +22,7 @@ from .checkpoint import CheckpointError
 from .data import binarize_splits
 from .estimators import elbo as elbo_per_point
 from .estimators import log_likelihood
-from .latents import INTERPOLATIONS, interpolation_rows, traversal_rows
+from .latents import INTERPOLATIONS, attribute_rows, interpolation_rows, traversal_rows
 from .program import ProgramError, check_observed
 from .runs import (
     RunConfig,
@@ -327,6 +327,20 @@ def _cmd_walk(args: argparse.Namespace) -> int:
             + ", ".join(kinds)
             + " (one row each)"
         )
+    elif args.command == "attribute":
+        labels = getattr(data, f"{args.split}_labels")
+        if labels is None:
+            raise ValueError(f"{data.name} has no labels; attribute vectors need labelled data")
+        if labels.dim() == 2:
+            labels = labels[:, args.factor]
+        images = attribute_rows(
+            run.program, x[args.row], x, labels, args.source, args.target, args.steps
+        )
+        nrow = args.steps
+        title = (
+            f"row {args.row} (label {int(labels[args.row])}) plus t times the step from the mean "
+            f"code of label {args.source} to that of label {args.target}, t = 0 to 1"
+        )
     else:
         values = [float(v) for v in args.values.split(",")]
         images, order = traversal_rows(run.program, x[args.row], x, values, args.dims)
@@ -432,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--values", default="-3,-2,-1,0,1,2,3", help="values for each z_d (write --values=-2,0,2)"
     )
     trav.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    attr = run_dir_parser("attribute", "add the direction between two label groups' codes")
+    attr.add_argument("--row", type=_count(0), default=0, help="the input to change")
+    attr.add_argument("--from-label", dest="source", type=int, required=True, help="e.g. 3")
+    attr.add_argument("--to-label", dest="target", type=int, required=True, help="e.g. 8")
+    attr.add_argument("--factor", type=_count(0), default=0, help="label column (factor data)")
+    attr.add_argument("--steps", type=_count(2), default=8, help="images from t = 0 to 1")
+    attr.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
     lat = run_dir_parser("latents", "the latent means of a split in 2-D, coloured by label")
     lat.add_argument("--factor", type=_count(0), default=0, help="label column (factor data)")
     lat.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/latents.png)")
@@ -449,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interpolate": _cmd_walk,
         "traverse": _cmd_walk,
         "latents": _cmd_latents,
+        "attribute": _cmd_walk,
     }
     if threading.current_thread() is threading.main_thread():
         # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143

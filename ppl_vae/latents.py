@@ -14,7 +14,13 @@ from torch import Tensor
 
 from .program import as_program
 
-__all__ = ["INTERPOLATIONS", "interpolate", "interpolation_rows", "traversal_rows"]
+__all__ = [
+    "INTERPOLATIONS",
+    "attribute_rows",
+    "interpolate",
+    "interpolation_rows",
+    "traversal_rows",
+]
 
 INTERPOLATIONS = ("linear", "spherical")
 
@@ -95,3 +101,38 @@ def traversal_rows(
         walk[:, d] = grid
         rows.append(decode(walk))
     return torch.cat(rows), order
+
+
+@torch.no_grad()
+def attribute_rows(
+    program: Any,
+    x: Tensor,
+    data: Tensor,
+    labels: Tensor,
+    source: int,
+    target: int,
+    steps: int = 8,
+) -> Tensor:
+    """An attribute vector added in steps: the direction from the mean code of the points
+    labelled ``source`` to that of the points labelled ``target`` (latent means over ``data``,
+    shape (N, D_x), with ``labels`` (N,)), added to the code of ``x`` (shape (D_x,)) in
+    ``steps`` equal steps from 0 to 1, decoded ("turn this 3 into an 8"); (steps, D_x).
+
+    .. math::
+
+        z_t = \\mu(x) + t\\,(\\bar\\mu_{\\mathrm{target}} - \\bar\\mu_{\\mathrm{source}}),
+        \\qquad t = 0, \\tfrac{1}{S - 1}, \\dots, 1.
+    """
+    program = as_program(program)
+    encode = program.require("encode", "attribute vectors")
+    decode = program.require("decode", "attribute vectors")
+    means = encode(data).mean  # (N, D)
+    groups = {}
+    for name, label in (("source", source), ("target", target)):
+        rows = labels == label
+        if not bool(rows.any()):
+            raise ValueError(f"no point of the data has the {name} label {label}")
+        groups[name] = means[rows].mean(0)
+    direction = groups["target"] - groups["source"]
+    t = torch.linspace(0, 1, steps, dtype=means.dtype, device=means.device).unsqueeze(-1)
+    return decode(encode(x.unsqueeze(0)).mean + t * direction)

@@ -55,9 +55,28 @@ def test_interpolate_and_traverse_commands_write_pictures(tmp_path, capsys):
         assert im.size[0] > 100 and im.size[1] > 30
     assert main(["traverse", str(tmp_path), "--dims", "4", "--values=-2,0,2"]) == 0
     assert (tmp_path / "traverse.png").stat().st_size > 1000
+    assert main(["attribute", str(tmp_path), "--from-label", "3", "--to-label", "8"]) == 0
+    assert (tmp_path / "attribute.png").stat().st_size > 1000
     assert main(["latents", str(tmp_path)]) == 0
     with Image.open(tmp_path / "latents.png") as im:
         assert im.size == (600, 504)  # 5 x 4.2 inches at 120 dpi
     capsys.readouterr()
     assert main(["interpolate", str(tmp_path), "--from", "9999"]) == 2
     assert "--from/--to take rows 0 to 179" in capsys.readouterr().err
+
+
+def test_attribute_vectors_move_from_one_label_group_toward_the_other():
+    from ppl_vae.latents import attribute_rows
+
+    torch.manual_seed(0)
+    vae = build_vae(6, z_dim=3, hidden=(8,))
+    data = torch.bernoulli(torch.full((60, 6), 0.5))
+    labels = torch.arange(60) % 3
+    rows = attribute_rows(vae, data[0], data, labels, source=0, target=2, steps=4)
+    means = vae.encode(data).mean
+    direction = means[labels == 2].mean(0) - means[labels == 0].mean(0)
+    z0 = vae.encode(data[:1]).mean[0]
+    torch.testing.assert_close(rows[0], vae.decode(z0.unsqueeze(0))[0])
+    torch.testing.assert_close(rows[-1], vae.decode((z0 + direction).unsqueeze(0))[0])
+    with pytest.raises(ValueError, match="no point of the data has the target label 7"):
+        attribute_rows(vae, data[0], data, labels, source=0, target=7)
