@@ -366,6 +366,96 @@ def _cmd_latents(args: argparse.Namespace) -> int:
     return 0
 
 
+@torch.no_grad()
+def _report_pictures(
+    run, data, x: torch.Tensor, labels: torch.Tensor | None, folder: Path
+) -> list[tuple[str, Path]]:
+    """Every picture the program's methods allow, as (caption, path) pairs."""
+    if data.image_shape is None:
+        return []
+    program, shape, out = run.program, data.image_shape, []
+    sample, reconstruct = program.hook("sample"), program.hook("reconstruct")
+    encode, decode = program.hook("encode"), program.hook("decode")
+    if sample is not None:
+        path = save_image_grid(sample(100), shape, folder / "samples.png", 10, "samples")
+        out.append(("Samples: means of p(x|z), z ~ p(z)", path))
+    if reconstruct is not None:
+        n = min(len(x), 50) // 10 * 10
+        grid = interleave(x[:n], reconstruct(x[:n]), 10)
+        path = save_image_grid(grid, shape, folder / "reconstructions.png", 10, "reconstructions")
+        out.append(("Test points (odd rows) and their reconstructions (even rows)", path))
+    if encode is not None and decode is not None and len(x) > 1:
+        rows = torch.cat([interpolation_rows(program, x[0], x[1], 10, k) for k in INTERPOLATIONS])
+        path = save_image_grid(rows, shape, folder / "interpolate.png", 10, "linear, spherical")
+        out.append(("Test points 0 to 1: linear (top) and spherical interpolation", path))
+        rows, order = traversal_rows(program, x[0], x, (-3, -2, -1, 0, 1, 2, 3), dims=10)
+        path = save_image_grid(rows, shape, folder / "traverse.png", 7, f"dimensions {order}")
+        dims = ", ".join(map(str, order))
+        out.append(
+            (f"Traversals of test point 0, z_d from -3 to 3; rows: dimensions {dims}", path)
+        )
+        if labels is not None and labels.dim() == 2:
+            labels = labels[:, 0]
+        plot_latents(encode(x).mean, labels, folder / "latents.png", "test latent means")
+        out.append(
+            ("Latent means of the test points (PCA beyond two dimensions)", folder / "latents.png")
+        )
+    return out
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """``RUN_DIR/report.md``: settings, log p(x) and its diagnostics, the ELBO and its
+    terms, surgery, active units, MIG where the data have factors, and every picture."""
+    run, data, x = _load_for_eval(args)
+    if args.limit:
+        x = x[: args.limit]
+    folder = Path(args.run_dir)
+    torch.manual_seed(args.seed)
+    metrics = _evaluate(run.program, x, args.num_samples, progress=False)
+    labels = getattr(data, f"{args.split}_labels")
+    labels = labels[: len(x)] if labels is not None else None
+    metrics.update(_look_inside(run.program, x, labels))
+    pictures = _report_pictures(run, data, x, labels, folder)
+    history = run.info.get("history") or []
+    metrics_log = folder / "metrics.jsonl"
+    if metrics_log.is_file():
+        history = [json.loads(line) for line in metrics_log.read_text().splitlines() if line]
+    if history:
+        plot_curves(history, folder / "curves.png")
+        pictures.append(("Training and validation loss per epoch", folder / "curves.png"))
+    lines = [f"# Run {folder.name}", ""]
+    lines += ["## Settings", "", "| | |", "|---|---|"]
+    for section in ("program", "data", "fit"):
+        value = run.info.get(section)
+        lines.append(f"| {section} | `{json.dumps(value)}` |")
+    lines += ["", f"## log p(x) on the {data.name} {args.split} split", ""]
+    lines += ["| measure | value |", "|---|---|"]
+    for key, value in metrics.items():
+        lines.append(
+            f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+        )
+    if "average_kl" in metrics:
+        lines += [
+            "",
+            f"ELBO surgery: the average KL ({metrics['average_kl']:.3f} nats) is the marginal "
+            f"KL from the aggregated posterior to the prior ({metrics['marginal_kl']:.3f}) plus "
+            f"the mutual information between a point and its code "
+            f"({metrics['mutual_information']:.3f} +- {metrics['mutual_information_se']:.3f}), "
+            f"which is at most log N = {metrics['log_n']:.3f}. The ELBO "
+            f"({metrics['elbo']:.3f}) is the reconstruction term "
+            f"({metrics['elbo'] + metrics['average_kl']:.3f}) minus the average KL (the two "
+            "estimated with independent draws).",
+        ]
+    lines += ["", "## Pictures", ""]
+    for caption, path in pictures:
+        if path.is_file():
+            lines += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    print(f"wrote {report} and {len(pictures)} pictures")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ppl-vae`` argument parser."""
     parser = _Parser(
@@ -453,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument("--factor", type=_count(0), default=0, help="label column (factor data)")
     attr.add_argument("--steps", type=_count(2), default=8, help="images from t = 0 to 1")
     attr.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    rep = run_dir_parser("report", "write RUN_DIR/report.md with every number and picture")
+    rep.add_argument("--num-samples", type=_count(1), default=1000, help="K for log p(x)")
+    rep.add_argument("--limit", type=_count(0), default=0, help="only the first N points (0: all)")
     lat = run_dir_parser("latents", "the latent means of a split in 2-D, coloured by label")
     lat.add_argument("--factor", type=_count(0), default=0, help="label column (factor data)")
     lat.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/latents.png)")
@@ -471,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "traverse": _cmd_walk,
         "latents": _cmd_latents,
         "attribute": _cmd_walk,
+        "report": _cmd_report,
     }
     if threading.current_thread() is threading.main_thread():
         # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143

@@ -80,3 +80,17 @@ def test_attribute_vectors_move_from_one_label_group_toward_the_other():
     torch.testing.assert_close(rows[-1], vae.decode((z0 + direction).unsqueeze(0))[0])
     with pytest.raises(ValueError, match="no point of the data has the target label 7"):
         attribute_rows(vae, data[0], data, labels, source=0, target=7)
+
+
+def test_report_links_only_files_that_exist(tmp_path):
+    import re
+
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "1"]
+    assert main([*argv, "--eval-samples", "5", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert main(["report", str(tmp_path), "--num-samples", "10", "--limit", "60"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) >= 6, links
+    assert all((tmp_path / name).is_file() for name in links), links
+    for needed in ("log_likelihood", "active_units", "mutual_information", "ELBO surgery"):
+        assert needed in text, needed
