@@ -152,6 +152,10 @@ def mutual_information_gap(
     """
     from sklearn.metrics import mutual_info_score
 
+    if isinstance(codes, Tensor):
+        codes = codes.detach().cpu().numpy()
+    if isinstance(factors, Tensor):
+        factors = factors.detach().cpu().numpy()
     codes, factors = np.asarray(codes, dtype=float), np.asarray(factors)
     if codes.ndim != 2 or factors.ndim != 2 or len(codes) != len(factors):
         raise ValueError(

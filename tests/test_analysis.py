@@ -106,3 +106,9 @@ def test_mig_is_one_for_factors_themselves_near_zero_for_noise_and_as_by_hand():
     assert mig == pytest.approx(1 - i2 / math.log(2), abs=1e-12)
     with pytest.raises(ValueError, match="one value only"):
         mutual_information_gap(z, np.zeros((4, 1)))
+
+
+def test_mig_takes_tensors_that_carry_gradients():
+    factors = torch.arange(40).reshape(20, 2) % 4
+    codes = factors.double().requires_grad_()
+    assert mutual_information_gap(codes, factors)[0] == pytest.approx(1.0)
