@@ -492,12 +492,8 @@ class _Trainer:
             record["val_loss"] = val
         record["seconds"] = time.perf_counter() - self.started
         state.history.append(record)
-        state.epoch, state.step_in_epoch, state.perm, state.loss_sum = (
-            state.epoch + 1,
-            0,
-            None,
-            0.0,
-        )
+        state.epoch, state.step_in_epoch, state.perm = state.epoch + 1, 0, None
+        state.loss_sum, state.loss_count = 0.0, 0
         current = record.get("val_loss", record["train_loss"])
         if current < state.best_val_loss:
             state.best_val_loss, state.bad_epochs = current, 0

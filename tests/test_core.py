@@ -287,3 +287,18 @@ def test_two_models_under_one_name_each_train_under_svi():
             svi.step(x)
             moved = [not torch.equal(b, p) for b, p in zip(before, vae.parameters(), strict=True)]
             assert all(moved), "SVI left this model's parameters unchanged"
+
+
+def test_train_loss_is_the_mean_of_the_epochs_step_losses(digits):
+    """Regression: the step count was not reset between epochs, halving epoch 2's figure."""
+    losses = {}
+    result = fit(
+        small_vae(),
+        digits,
+        epochs=3,
+        progress=False,
+        callback=lambda e, s, loss: losses.setdefault(e, []).append(loss),
+    )
+    for h in result.history:
+        steps = losses[h["epoch"] - 1]
+        assert h["train_loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
