@@ -18,7 +18,15 @@ from .batching import TensorFeed, as_batch
 from .handlers import KLWeight, RegisteredParams
 from .program import Program, ProgramError, as_program
 
-__all__ = ["ENGINES", "FastEngine", "NonFiniteLoss", "SVIEngine", "mean_loss", "negative_bound"]
+__all__ = [
+    "ENGINES",
+    "FastEngine",
+    "NonFiniteLoss",
+    "SVIEngine",
+    "bound_terms",
+    "mean_loss",
+    "negative_bound",
+]
 
 ENGINES = ("fast", "svi")
 
@@ -171,3 +179,30 @@ def negative_bound(
     program = as_program(program)
     feed = TensorFeed(as_batch(x), batch_size, shuffle=False)
     return mean_loss(program.model, program.guide, objective, feed.batches(batch_size), seed)
+
+
+def bound_terms(
+    model: Callable, guide: Callable, batches: Any, seed: int | None
+) -> tuple[float, float]:
+    """The ELBO's two terms per data point over ``batches``, each from one draw z ~ q per
+    point: the reconstruction ``E_q[log p(x | z)]`` (every observed site) and the KL term
+    ``E_q[log q(z | x) - log p(z)]`` (every latent site), unscaled (beta = 1); their
+    difference is the ELBO. Fixed draws when ``seed`` is set."""
+    recon, kl, n = 0.0, 0.0, 0
+    with torch.random.fork_rng(), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for batch in batches:
+            guide_trace = poutine.trace(guide).get_trace(*batch)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
+            for name, site in model_trace.nodes.items():
+                if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
+                    continue
+                log_p = site["fn"].log_prob(site["value"]).sum().item()
+                if site["is_observed"]:
+                    recon += log_p
+                else:
+                    q = guide_trace.nodes[name]
+                    kl += q["fn"].log_prob(q["value"]).sum().item() - log_p
+            n += len(batch[0])
+    return recon / max(n, 1), kl / max(n, 1)

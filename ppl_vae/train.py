@@ -32,7 +32,15 @@ from .checkpoint import (
     write_text,
 )
 from .data import DataSplits
-from .engines import ENGINES, FastEngine, NonFiniteLoss, SVIEngine, mean_loss, negative_bound
+from .engines import (
+    ENGINES,
+    FastEngine,
+    NonFiniteLoss,
+    SVIEngine,
+    bound_terms,
+    mean_loss,
+    negative_bound,
+)
 from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .preflight import cast, check_data, discover, feeds, split_arguments
@@ -477,8 +485,13 @@ class _Trainer:
                 f"{where}: the validation loss is {loss}; lower the learning rate (--lr); the "
                 "last good checkpoint is kept"
             )
+        self.terms = bound_terms(self.program.model, self.program.guide, self._val(), 0)
         self.program.train(True)
         return loss
+
+    def _val(self) -> Iterator[tuple]:
+        for b in self.val_feed.batches(self.config.eval_batch_size):
+            yield cast(b, self.dtype, self.device)
 
     def end_epoch(self) -> bool:
         """Record the epoch, keep the best weights, checkpoint; True when training stops."""
@@ -490,6 +503,7 @@ class _Trainer:
         val = self.validate()
         if val is not None:
             record["val_loss"] = val
+            record["val_reconstruction"], record["val_kl"] = self.terms
         record["seconds"] = time.perf_counter() - self.started
         state.history.append(record)
         state.epoch, state.step_in_epoch, state.perm = state.epoch + 1, 0, None

@@ -66,11 +66,14 @@ def interleave(originals: Tensor, reconstructions: Tensor, nrow: int) -> Tensor:
 def plot_curves(
     history: Sequence[dict[str, float]], path: str | os.PathLike | None = None
 ) -> Figure:
-    """Training and validation loss (nats per data point) against the epoch; saved as a PNG
-    at ``path`` if given."""
+    """Training and validation loss (nats per data point) against the epoch and, where the
+    history has them, the validation bound's two terms (minus the reconstruction, the KL) in a
+    second panel; saved as a PNG at ``path`` if given."""
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(5, 3.2))
-    ax = fig.subplots()
+    terms = bool(history) and "val_kl" in history[0]
+    fig = Figure(figsize=(9.5 if terms else 5, 3.2))
+    axes = fig.subplots(1, 2 if terms else 1)
+    ax = axes[0] if terms else axes
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")
     if history and "val_loss" in history[0]:
         ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
@@ -78,6 +81,14 @@ def plot_curves(
     ax.set_ylabel("minus the bound (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
+    if terms:
+        right = axes[1]
+        right.plot(epochs, [-h["val_reconstruction"] for h in history], label="-reconstruction")
+        right.plot(epochs, [h["val_kl"] for h in history], label="KL")
+        right.set_xlabel("epoch")
+        right.set_ylabel("validation terms (nats, beta = 1)")
+        right.legend()
+        right.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

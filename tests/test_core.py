@@ -302,3 +302,17 @@ def test_train_loss_is_the_mean_of_the_epochs_step_losses(digits):
     for h in result.history:
         steps = losses[h["epoch"] - 1]
         assert h["train_loss"] == pytest.approx(sum(steps) / len(steps), rel=1e-12)
+
+
+def test_history_has_the_bounds_two_terms_and_the_curves_show_them(digits, tmp_path):
+    from PIL import Image
+
+    from ppl_vae.viz import plot_curves
+
+    result = fit(small_vae(), digits, epochs=2, progress=False)
+    for h in result.history:
+        elbo_from_terms = h["val_reconstruction"] - h["val_kl"]
+        assert h["val_kl"] > 0 and abs(-elbo_from_terms - h["val_loss"]) < 1.0, h
+    plot_curves(result.history, tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.size[0] == 1140, "two panels: the loss and its two terms"
