@@ -43,7 +43,7 @@ class RunConfig:
     """What to model and on which data; every field is a flag of ``ppl-vae train``."""
 
     dataset: str = _opt(
-        "mnist5k", "mnist5k, digits, sprites, mnist, fashion-mnist, kmnist or a .npy/.npz"
+        "mnist5k", "mnist5k, digits, sprites, dsprites, mnist, fashion-mnist, kmnist, .npy/.npz"
     )
     data_dir: str | None = _opt(None, "folder with the IDX files (mnist, fashion-mnist, kmnist)")
     download: bool = _opt(False, "let torchvision download the IDX files (needs a network)")

@@ -51,3 +51,25 @@ def test_evaluate_reports_surgery_active_units_and_mig_on_sprites(tmp_path, caps
     total = out["marginal_kl"] + out["mutual_information"]
     assert abs(out["average_kl"] - total) < 1e-6
     assert out["mutual_information"] <= out["log_n"] + 4 * out["mutual_information_se"]
+
+
+def test_the_real_dsprites_file_is_read_with_the_same_factor_names(tmp_path):
+    import numpy as np
+    import pytest
+
+    rng = np.random.default_rng(0)
+    imgs = (rng.random((40, 64, 64)) > 0.9).astype(np.uint8)
+    classes = np.stack([np.zeros(40), *(rng.integers(0, k, 40) for k in (3, 6, 40, 32, 32))], 1)
+    np.savez(
+        tmp_path / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz",
+        imgs=imgs,
+        latents_classes=classes.astype(np.int64),
+    )
+    d = load_dataset("dsprites", data_dir=tmp_path, binarization="none")
+    assert d.image_shape == (64, 64) and d.x_dim == 4096
+    assert (len(d.train), len(d.val), len(d.test)) == (32, 4, 4)
+    labels = torch.cat([d.train_labels, d.val_labels, d.test_labels])
+    assert labels.shape == (40, len(FACTORS))
+    assert sorted(map(tuple, labels.tolist())) == sorted(map(tuple, classes[:, 1:].tolist()))
+    with pytest.raises(FileNotFoundError, match="needs --data-dir"):
+        load_dataset("dsprites")
