@@ -264,13 +264,26 @@ def _look_inside(program, x: torch.Tensor, labels: torch.Tensor | None) -> dict[
     return out
 
 
-@torch.no_grad()
-def _cmd_pictures(args: argparse.Namespace) -> int:
+def _load_images(args: argparse.Namespace):
+    """What every picture command starts from: the run, its data (images, else an error),
+    the split's rows, the PNG to write, and each ``--row``-like flag checked against them."""
     run, data, x = _load_for_eval(args)
     if data.image_shape is None:
         raise ValueError(f"{data.name} is not image data; there is nothing to draw")
+    for flag in ("row", "source", "target"):
+        i = getattr(args, flag, None)
+        if flag != "row" and args.command != "interpolate":
+            continue  # --from-label/--to-label are labels, not rows
+        if i is not None and not 0 <= i < len(x):
+            name = "--row takes" if flag == "row" else "--from/--to take"
+            raise ValueError(f"{name} rows 0 to {len(x) - 1} of the split, got {i}")
+    return run, data, x, Path(args.output or Path(args.run_dir) / f"{args.command}.png")
+
+
+@torch.no_grad()
+def _cmd_pictures(args: argparse.Namespace) -> int:
+    run, data, x, out = _load_images(args)
     torch.manual_seed(args.seed)
-    out = Path(args.output or Path(args.run_dir) / f"{args.command}.png")
     what = f"ppl-vae {args.command}"
     if args.command == "sample":
         images = run.program.require("sample", what)(args.n)
@@ -308,14 +321,8 @@ def _count(low: int) -> Callable[[str], int]:
 @torch.no_grad()
 def _cmd_walk(args: argparse.Namespace) -> int:
     """``interpolate`` and ``traverse``: pictures of walks in latent space."""
-    run, data, x = _load_for_eval(args)
-    if data.image_shape is None:
-        raise ValueError(f"{data.name} is not image data; there is nothing to draw")
-    out = Path(args.output or Path(args.run_dir) / f"{args.command}.png")
+    run, data, x, out = _load_images(args)
     if args.command == "interpolate":
-        for i in (args.source, args.target):
-            if not 0 <= i < len(x):
-                raise ValueError(f"--from/--to take rows 0 to {len(x) - 1} of the split, got {i}")
         kinds = INTERPOLATIONS if args.kind == "both" else (args.kind,)
         rows = [
             interpolation_rows(run.program, x[args.source], x[args.target], args.steps, kind)

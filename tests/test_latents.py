@@ -94,3 +94,12 @@ def test_report_links_only_files_that_exist(tmp_path):
     assert all((tmp_path / name).is_file() for name in links), links
     for needed in ("log_likelihood", "active_units", "mutual_information", "ELBO surgery"):
         assert needed in text, needed
+
+
+def test_a_row_outside_the_split_is_one_line(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "1"]
+    assert main([*argv, "--eval-samples", "5", "--no-progress", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for command in (["traverse"], ["attribute", "--from-label", "3", "--to-label", "8"]):
+        assert main([command[0], str(tmp_path), *command[1:], "--row", "999"]) == 2
+        assert "--row takes rows 0 to 179 of the split, got 999" in capsys.readouterr().err
