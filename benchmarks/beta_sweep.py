@@ -12,26 +12,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
 import pyro
 import torch
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from ppl_vae import build_vae, elbo, fit
 from ppl_vae.analysis import active_units, elbo_surgery, mutual_information_gap
 from ppl_vae.data import load_dataset
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

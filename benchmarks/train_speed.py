@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from ppl_vae import build_vae, fit
@@ -67,17 +67,6 @@ def svi_epoch(svi, x, gen, batch_size=100):
     perm = torch.randperm(len(x), generator=gen)
     for i in range(0, len(x), batch_size):
         svi.step(torch.bernoulli(x[perm[i : i + batch_size]], generator=gen))
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
