@@ -15,8 +15,9 @@ from pyro.infer.util import zero_grads
 from torch import Tensor
 
 from .batching import TensorFeed, as_batch
+from .estimators import _sample_sites
 from .handlers import KLWeight, RegisteredParams
-from .program import Program, ProgramError, as_program
+from .program import Program, ProgramError, as_program, traces
 
 __all__ = [
     "ENGINES",
@@ -189,15 +190,12 @@ def bound_terms(
     ``E_q[log q(z | x) - log p(z)]`` (every latent site), unscaled (beta = 1); their
     difference is the ELBO. Fixed draws when ``seed`` is set."""
     recon, kl, n = 0.0, 0.0, 0
-    with torch.random.fork_rng(), torch.no_grad():
+    with torch.random.fork_rng():
         if seed is not None:
             torch.manual_seed(seed)
         for batch in batches:
-            guide_trace = poutine.trace(guide).get_trace(*batch)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
-            for name, site in model_trace.nodes.items():
-                if site["type"] != "sample" or type(site["fn"]).__name__ == "_Subsample":
-                    continue
+            model_trace, guide_trace = traces(model, guide, batch, {})
+            for name, site in _sample_sites(model_trace):
                 log_p = site["fn"].log_prob(site["value"]).sum().item()
                 if site["is_observed"]:
                     recon += log_p

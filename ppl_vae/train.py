@@ -458,10 +458,7 @@ class _Trainer:
         if self.val_feed is None:
             return None
         self.program.train(False)
-        batches = (
-            cast(b, self.dtype, self.device)
-            for b in self.val_feed.batches(self.config.eval_batch_size)
-        )
+        batches = self._val()
         where = f"the run diverged by the end of epoch {self.state.epoch + 1}"
         try:
             loss = mean_loss(
