@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .checkpoint import rng_state, set_rng_state
+from .distributed import World, shard_rows
 
 __all__ = [
     "Feed",
@@ -101,6 +102,16 @@ class Feed:
 
     n_batches: int | None
     dynamic: bool = False
+    #: the processes sharing each batch; every process draws the whole global batch (shuffling
+    #: and binarization alike on every rank) and keeps its own rows of it
+    world: World = World()
+
+    def shard(self, batch: Batch) -> Batch:
+        """This process's rows of a global batch."""
+        if not self.world.active:
+            return batch
+        rows = shard_rows(len(batch[0]), self.world)
+        return tuple(t[rows] for t in batch)
 
     def first(self) -> Batch:
         """The first batch (unshuffled, not binarized): to trace the program on."""
@@ -149,7 +160,7 @@ class TensorFeed(Feed):
             if self.dynamic:
                 x = torch.bernoulli(batch[0], generator=gen)
                 batch = (x, *batch[1:])
-            yield batch
+            yield self.shard(batch)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Consecutive batches in order (validation)."""
@@ -189,9 +200,9 @@ class LoaderFeed(Feed):
                 self.n_batches = None
 
     def _dataset_loader(self, perm: Tensor) -> DataLoader:
-        batches = [
-            perm[i : i + self.batch_size].tolist() for i in range(0, len(perm), self.batch_size)
-        ]
+        batches = [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+        # under torch.distributed each process loads only its rows of every batch
+        batches = [b[shard_rows(len(b), self.world)].tolist() for b in batches]
         return DataLoader(self.dataset, batch_sampler=batches, collate_fn=default_collate)
 
     def _iterate(self, loader: DataLoader | Any) -> Iterator[Batch]:
@@ -212,6 +223,21 @@ class LoaderFeed(Feed):
 
     def _generator(self) -> torch.Generator | None:
         return getattr(self.loader, "generator", None)
+
+    def check_shared_order(self) -> None:
+        """Under torch.distributed every process must draw the same global batches: a
+        shuffling DataLoader without a ``generator`` draws its order from torch's global random
+        state, which differs between processes."""
+        if self.loader is None or self._generator() is not None:
+            return
+        sampler = getattr(self.loader, "batch_sampler", None)
+        sampler = getattr(sampler, "sampler", sampler)
+        if not isinstance(sampler, torch.utils.data.SequentialSampler):
+            raise ValueError(
+                "under torch.distributed a shuffling DataLoader needs a generator seeded alike "
+                "in every process (DataLoader(..., generator=torch.Generator().manual_seed(0)))"
+                ", or give fit the Dataset and let it shuffle"
+            )
 
     def epoch(
         self, state: Any, gen: torch.Generator, dtype: torch.dtype, device: torch.device
@@ -241,6 +267,8 @@ class LoaderFeed(Feed):
                     next(it)
                 set_rng_state(now)
         for batch in it:
+            if self.dataset is None:
+                batch = self.shard(batch)
             batch = cast_batch(batch, dtype, device, f"batch {state.step_in_epoch}")
             check_finite(batch, f"batch {state.step_in_epoch} of epoch {state.epoch + 1}")
             yield batch

@@ -21,6 +21,7 @@ from .program import Program, ProgramError, as_program, traces
 
 __all__ = [
     "ENGINES",
+    "DistributedEngine",
     "FastEngine",
     "NonFiniteLoss",
     "SVIEngine",
@@ -105,6 +106,63 @@ class FastEngine:
 
     def load_state_dict(self, state: Any) -> None:
         self.optimizer.load_state_dict(state)
+
+
+class DistributedEngine(FastEngine):
+    """The fast engine over several processes: each process computes the gradient of the
+    summed loss on its shard of the global batch; one all-reduce adds up the gradients, the
+    losses, the shard sizes and the interrupt flags; every process then takes the same Adam
+    step with the gradient of the global batch's mean loss, so the parameters stay equal on
+    every rank. A non-finite loss or a Pyro validation error on any rank skips the update on
+    all of them alike."""
+
+    def __init__(self, program: Program, objective: Any, lr: float, beta: float) -> None:
+        super().__init__(program, objective, lr, beta)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        #: set by the trainer: whether this process has been asked to stop (Ctrl-C, SIGTERM)
+        self.interrupted: Callable[[], Any] = lambda: None
+        #: whether any rank had been asked to stop by the last step's all-reduce
+        self.any_interrupted = False
+
+    def step(self, batch: tuple) -> float:
+        import torch.distributed as dist
+
+        n, error, value = len(batch[0]), None, 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        if n:
+            try:
+                loss = self.objective.differentiable_loss(self.model, self.guide, *batch)
+                if not loss.requires_grad:
+                    raise ProgramError(
+                        "the loss does not depend on any parameter of the program; register "
+                        "the networks the model and guide use (pyro.module) or give fit their "
+                        "nn.Module"
+                    )
+                value = loss.item()
+                if math.isfinite(value):
+                    loss.backward()
+                    if not self._checked:
+                        self._check_gradients()
+            except ValueError as e:  # raised after the all-reduce, so no rank is left waiting
+                error, value = e, math.nan
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flags = [value, float(n), float(self.interrupted() is not None)]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [grads[0].new_tensor(flags)])
+        dist.all_reduce(flat)
+        total, count, stops = flat[-3:].tolist()
+        self.any_interrupted = stops > 0
+        if error is not None:
+            raise error
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(total)
+        offset = 0
+        for p in self.params:
+            size = p.numel()
+            p.grad = flat[offset : offset + size].view_as(p).div_(count)
+            offset += size
+        self.optimizer.step()
+        return total / count
 
 
 class SVIEngine(FastEngine):

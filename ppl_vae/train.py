@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .batching import TensorFeed, check_finite
+from .batching import LoaderFeed, TensorFeed, check_finite
 from .checkpoint import (
     CheckpointError,
     RunLock,
@@ -32,8 +32,18 @@ from .checkpoint import (
     write_text,
 )
 from .data import DataSplits
+from .distributed import (
+    agree,
+    broadcast_tensors,
+    gather_objects,
+    on_root,
+    rank_seed,
+    sum_all,
+    world,
+)
 from .engines import (
     ENGINES,
+    DistributedEngine,
     FastEngine,
     NonFiniteLoss,
     SVIEngine,
@@ -240,9 +250,13 @@ def _deferred_interrupt() -> Iterator[Callable[[], int | None]]:
             signal.signal(s, h)
 
 
-def _stop_if(interrupted: Callable[[], int | None]) -> None:
+def _stop_if(interrupted: Callable[[], int | None], everywhere: bool | None = None) -> None:
+    """Raise for the signal that came; under torch.distributed, ``everywhere`` is whether any
+    process got one (all of them must stop at the same step)."""
     sig = interrupted()
-    if sig is not None:
+    if everywhere is None:
+        everywhere = sig is not None
+    if everywhere:
         raise Terminated if sig == signal.SIGTERM else KeyboardInterrupt
 
 
@@ -259,8 +273,22 @@ class _Trainer:
         callback: Callable[[int, int, float], None] | None,
         run_info: dict[str, Any] | None,
     ) -> None:
+        self.world = world()
+        if not self.world.root:  # rank 0 alone reports and writes the run folder
+            config = replace(config, progress=False)
         self.program, self.config, self.out, self.callback = program, config, out, callback
         self.train_feed, self.val_feed, splits = feeds(data, val, config)
+        if self.world.active:
+            if config.engine == "svi":
+                raise ValueError(
+                    "engine 'svi' trains in one process; under torch.distributed use the fast "
+                    "engine (--engine fast)"
+                )
+            for feed in (self.train_feed, self.val_feed):
+                if feed is not None:
+                    feed.world = self.world
+                if isinstance(feed, LoaderFeed):
+                    feed.check_shared_order()
         for feed, what in (
             (self.train_feed, "the training data"),
             (self.val_feed, "the validation data"),
@@ -278,13 +306,17 @@ class _Trainer:
             check_pair(*traces(program.model, program.guide, self._first_train, {}))
             sites = kl_obstacles(program.model, program.guide, *self._first_train)
         objective = make_objective(config.objective, config.particles, sites)
-        pyro.set_rng_seed(config.seed)
+        # the particle draws: a stream of each process's own; the data (shuffling, dynamic
+        # binarization): one stream, alike on every process
+        pyro.set_rng_seed(rank_seed(config.seed, self.world.rank))
         self.gen = torch.Generator(device=self.device).manual_seed(config.seed)
         engine = SVIEngine if config.engine == "svi" else FastEngine
+        if self.world.active:
+            engine = DistributedEngine
         self.engine = engine(program, objective, config.lr, config.beta)
         self.state = TrainState()
         self.result = FitResult(objective=resolve(config.objective, sites))
-        self.lock = RunLock(out) if out is not None else None
+        self.lock = RunLock(out) if out is not None and self.world.root else None
         self.run_info = {
             "format": RUN_FORMAT,
             "program": program.recipe,
@@ -312,16 +344,22 @@ class _Trainer:
     def checkpoint(self) -> None:
         if self.path is None:
             return
+        rngs = gather_objects(rng_state())  # every process's draws, for an exact resume
+        if not self.world.root:
+            return
         if not (self.out / CONFIG).is_file():
             write_json(self.out / CONFIG, self.run_info)
         state = {
             "config": asdict(self.config),
             "program": self.program.state_dict(),
             "optimizer": self.engine.state_dict(),
-            "rng": rng_state(),
+            "rng": rngs[0],
             "data_rng": self.gen.get_state(),
             "train": self.state.as_dict(),
         }
+        if self.world.active:
+            state["processes"] = self.world.size
+            state["rng_ranks"] = rngs
         self.result.checkpoint = save_checkpoint(state, self.path)
         self._write_metrics()
 
@@ -333,9 +371,18 @@ class _Trainer:
 
     def start(self, resume: bool, overwrite: bool) -> None:
         """Take the run folder: lock it; continue the run there (``resume``), replace it
-        (``overwrite``), or refuse to touch a folder that holds a run."""
+        (``overwrite``), or refuse to touch a folder that holds a run. Under torch.distributed
+        rank 0 does this; every rank then starts from the same parameters (rank 0's) and, on
+        resume, from the checkpoint rank 0 read."""
+        saved = on_root(lambda: self._take_folder(resume, overwrite))
+        if saved is not None:
+            self._resume(saved)
+        broadcast_tensors(list(self.program.parameters.values()))
+
+    def _take_folder(self, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+        """The folder part of :meth:`start`; the checkpoint to resume from, if any."""
         if self.out is None:
-            return
+            return None
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"{self.out} is a file, not a folder; give --out a folder")
         try:
@@ -349,8 +396,7 @@ class _Trainer:
             for tmp in self.out.glob(f".{name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
         if resume and self.path.exists():
-            self._resume()
-            return
+            return self._read_checkpoint()
         if self.path.exists() and not overwrite:
             raise CheckpointError(
                 f"{self.out} holds a run already ({CHECKPOINT}); pass resume=True (--resume) to "
@@ -358,9 +404,10 @@ class _Trainer:
             )
         for name in RUN_FILES:
             (self.out / name).unlink(missing_ok=True)
+        return None
 
-    def _resume(self) -> None:
-        """Continue from the checkpoint, after checking that it is the same run."""
+    def _read_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint, after checking that it holds this run."""
         saved = load_checkpoint(self.path, map_location=self.device)
         if "train" not in saved:
             raise CheckpointError(
@@ -376,6 +423,19 @@ class _Trainer:
                 f"its settings (only {', '.join(RESUMABLE)} may change), or train into "
                 "another folder"
             )
+        processes = saved.get("processes", 1)
+        if processes != self.world.size:
+            how = "without torchrun" if processes == 1 else f"--nproc-per-node {processes}"
+            raise CheckpointError(
+                f"{self.path} was written by a run over {processes} processes and this one has "
+                f"{self.world.size}; an exact resume needs as many (torchrun {how}), or "
+                "evaluate it (ppl-vae evaluate), which any number of processes can"
+            )
+        return saved
+
+    def _resume(self, saved: dict[str, Any]) -> None:
+        """Continue from the checkpoint ``saved``."""
+        old = FitConfig(**saved["config"])
         try:
             self.program.load_state_dict(saved["program"])
         except ProgramError as e:
@@ -383,10 +443,12 @@ class _Trainer:
         self.engine.load_state_dict(saved["optimizer"])
         if old.lr != self.config.lr:
             self.engine.set_lr(self.config.lr)
-        set_rng_state(saved["rng"])
-        self.gen.set_state(saved["data_rng"])
+        rngs = saved.get("rng_ranks", [saved["rng"]])
+        set_rng_state(rngs[self.world.rank])
+        self.gen.set_state(saved["data_rng"].cpu())
         self.state = TrainState(**saved["train"])
-        self._write_metrics()  # the log may be an epoch ahead of the checkpoint after a kill
+        if self.world.root:  # the log may be an epoch ahead of the checkpoint after a kill
+            self._write_metrics()
         self.result.history = self.state.history
         self.result.best_val_loss = self.state.best_val_loss
         if self.config.progress:
@@ -413,6 +475,8 @@ class _Trainer:
             leave=False,
             mininterval=0.5,
         )
+        if isinstance(self.engine, DistributedEngine):
+            self.engine.interrupted = interrupted
         for batch in self.train_feed.epoch(state, self.gen, self.dtype, self.device):
             b = state.step_in_epoch
             self.engine.set_weight(warmup_weight(config.beta, config.warmup, state.epoch, b, n))
@@ -425,7 +489,7 @@ class _Trainer:
                     bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
                 if self.callback is not None:
                     self.callback(state.epoch, b, loss)
-            _stop_if(interrupted)
+            _stop_if(interrupted, getattr(self.engine, "any_interrupted", None))
             if config.checkpoint_every and state.step_in_epoch % config.checkpoint_every == 0:
                 self.checkpoint()
         bar.close()
@@ -458,16 +522,16 @@ class _Trainer:
         if self.val_feed is None:
             return None
         self.program.train(False)
-        batches = self._val()
         where = f"the run diverged by the end of epoch {self.state.epoch + 1}"
         try:
             loss = mean_loss(
                 self.engine.model,
                 self.engine.guide,
                 self.engine.objective,
-                batches,
+                self._val(),
                 self.config.seed,
             )
+            self.terms = bound_terms(self.program.model, self.program.guide, self._val(), 0)
         except ValueError as e:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "invalid values" not in first_line:
@@ -477,18 +541,22 @@ class _Trainer:
                 f"({first_line.rstrip(':')}); lower the learning rate (--lr) or warm the KL up "
                 "(--warmup); the last good checkpoint is kept"
             ) from e
+        if self.world.active:  # means over this process's rows -> means over all rows
+            n = sum(len(b[0]) for b in self._val())
+            total, recon, kl, n = sum_all([loss * n, self.terms[0] * n, self.terms[1] * n, n])
+            loss, self.terms = total / n, (recon / n, kl / n)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"{where}: the validation loss is {loss}; lower the learning rate (--lr); the "
                 "last good checkpoint is kept"
             )
-        self.terms = bound_terms(self.program.model, self.program.guide, self._val(), 0)
         self.program.train(True)
         return loss
 
     def _val(self) -> Iterator[tuple]:
+        """The validation batches (under torch.distributed, this process's rows of each)."""
         for b in self.val_feed.batches(self.config.eval_batch_size):
-            yield cast(b, self.dtype, self.device)
+            yield cast(self.val_feed.shard(b), self.dtype, self.device)
 
     def end_epoch(self) -> bool:
         """Record the epoch, keep the best weights, checkpoint; True when training stops."""
@@ -613,7 +681,7 @@ def fit(
                 trainer.train_epoch(interrupted)
                 if trainer.end_epoch():
                     break
-                _stop_if(interrupted)
+                _stop_if(interrupted, agree(interrupted() is not None))
     except KeyboardInterrupt:
         trainer.checkpoint()
         if config.progress and trainer.path is not None:

@@ -1,0 +1,191 @@
+"""Data-parallel fit and sharded log p(x) over two CPU processes (gloo), against one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.distributed
+import torch.multiprocessing as mp
+from torch import nn
+
+from ppl_vae import fit, log_likelihood
+from ppl_vae.distributed import World, join, leave, shard_rows
+
+SIZE = 2
+
+
+class PointAE(nn.Module):
+    """An autoencoder as a Pyro program whose guide is a point mass: its loss (log p(x, z) at
+    z = enc(x)) has no random draw, so two processes must reproduce one to float rounding."""
+
+    def __init__(self, x_dim: int = 6, z_dim: int = 2, stochastic: bool = False) -> None:
+        super().__init__()
+        self.enc, self.dec = nn.Linear(x_dim, 2 * z_dim), nn.Linear(z_dim, x_dim)
+        self.z_dim, self.stochastic = z_dim, stochastic
+
+    def model(self, x):
+        pyro.module("dec", self.dec)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([self.z_dim]).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("enc", self.enc)
+        loc, log_scale = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            if self.stochastic:
+                pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+            else:
+                pyro.sample("z", dist.Delta(loc).to_event(1))
+
+
+def _data(n: int = 50) -> torch.Tensor:
+    return torch.randn(n, 6, generator=torch.Generator().manual_seed(1))
+
+
+def _program(stochastic: bool) -> PointAE:
+    torch.manual_seed(0)
+    return PointAE(stochastic=stochastic)
+
+
+def _settings(**extra):
+    return {"epochs": 3, "batch_size": 7, "lr": 0.05, "progress": False, "seed": 3, **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, job: str, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    join("gloo", rank=rank, world_size=SIZE)
+    pyro.enable_validation(True)
+    folder = Path(folder)
+    try:
+        if job == "loglik":
+            program = _program(stochastic=True)
+            est = log_likelihood(
+                program.model,
+                program.guide,
+                _data(23),
+                num_samples=64,
+                batch_size=4,
+                seed=5,
+                diagnostics=True,
+                distributed=True,
+            )
+            torch.save(est, folder / f"loglik-{rank}.pt")
+            return
+        program = _program(stochastic=job != "fit-point")
+
+        def stop_rank_1(epoch, step, loss):  # Ctrl-C that reaches one process only
+            if job == "fit-interrupted" and rank == 1 and (epoch, step) == (1, 2):
+                os.kill(os.getpid(), signal.SIGINT)
+
+        out = {"fit-point": None, "fit-4": folder / "ref"}.get(job, folder / "run")
+        try:
+            result = fit(
+                program,
+                _data(),
+                out=out,
+                resume=job == "fit-resumed",
+                callback=stop_rank_1,
+                **_settings(epochs=3 if job == "fit-point" else 4),
+            )
+        except KeyboardInterrupt:
+            return
+        state = {"state": program.state_dict(), "history": result.history}
+        torch.save(state, folder / f"{job}-{rank}.pt")
+    finally:
+        leave()
+
+
+def _run(job: str, folder: Path) -> None:
+    mp.start_processes(
+        _worker, args=(_free_port(), job, str(folder)), nprocs=SIZE, start_method="spawn"
+    )
+
+
+def _assert_same_state(a: dict, b: dict, atol: float, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=f"{what}: {key}")
+
+
+def test_shards_cover_every_row_once_with_sizes_within_one():
+    for n in range(0, 12):
+        for size in (1, 2, 3, 5):
+            parts = [shard_rows(n, World(r, size)) for r in range(size)]
+            rows = [i for p in parts for i in range(n)[p]]
+            assert rows == list(range(n)), (n, size)
+            lengths = [p.stop - p.start for p in parts]
+            assert max(lengths) - min(lengths) <= 1, (n, size, lengths)
+
+
+def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
+    # batches of 7 rows split 4 + 3, the last of the 50 rows (1 row) 1 + 0
+    _run("fit-point", tmp_path)
+    program = _program(stochastic=False)
+    single = fit(program, _data(), **_settings())
+    ranks = [torch.load(tmp_path / f"fit-point-{r}.pt") for r in range(SIZE)]
+    _assert_same_state(ranks[0]["state"], ranks[1]["state"], 0.0, "rank 0 against rank 1")
+    _assert_same_state(program.state_dict(), ranks[0]["state"], 1e-5, "1 process against 2")
+    for one, two in zip(single.history, ranks[0]["history"], strict=True):
+        assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-4), (one, two)
+
+
+def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(tmp_path):
+    _run("fit-4", tmp_path)
+    _run("fit-interrupted", tmp_path)  # rank 1 alone gets Ctrl-C after step 2 of epoch 2
+    assert not (tmp_path / "fit-interrupted-0.pt").exists(), "rank 0 did not stop"
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["processes"] == SIZE and len(saved["rng_ranks"]) == SIZE
+    # both processes stopped after the next step, the first whose all-reduce carried the flag
+    assert (saved["train"]["epoch"], saved["train"]["step_in_epoch"]) == (1, 4)
+    _run("fit-resumed", tmp_path)
+    whole, resumed = (torch.load(tmp_path / f"{j}-0.pt") for j in ("fit-4", "fit-resumed"))
+    _assert_same_state(whole["state"], resumed["state"], 0.0, "resumed against uninterrupted")
+    losses = [[h["train_loss"] for h in r["history"]] for r in (whole, resumed)]
+    assert losses[0] == losses[1]
+
+
+def test_a_checkpoint_of_two_processes_is_refused_by_one_and_opened_by_any(tmp_path):
+    _run("fit-4", tmp_path)
+    with pytest.raises(Exception, match="2 processes and this one has 1"):
+        fit(_program(True), _data(), out=tmp_path / "ref", resume=True, **_settings(epochs=5))
+    from ppl_vae.runs import open_run
+
+    program = _program(True)
+    open_run(tmp_path / "ref", program=program)
+    whole = torch.load(tmp_path / "fit-4-0.pt")
+    _assert_same_state(whole["state"], program.state_dict(), 0.0, "opened in one process")
+
+
+def test_log_likelihood_sharded_over_two_processes_equals_one_point_for_point(tmp_path):
+    _run("loglik", tmp_path)
+    program = _program(stochastic=True)
+    one = log_likelihood(
+        program.model,
+        program.guide,
+        _data(23),
+        num_samples=64,
+        batch_size=4,
+        seed=5,
+        diagnostics=True,
+    )
+    for rank in range(SIZE):
+        two = torch.load(tmp_path / f"loglik-{rank}.pt", weights_only=False)
+        for name in ("log_px", "stderr", "ess", "pareto_k"):
+            torch.testing.assert_close(
+                getattr(two, name), getattr(one, name), atol=0, rtol=0, msg=f"rank {rank} {name}"
+            )
