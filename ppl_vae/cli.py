@@ -20,6 +20,7 @@ from .analysis import active_units, elbo_surgery, mutual_information_gap
 from .batching import check_finite
 from .checkpoint import CheckpointError
 from .data import binarize_splits
+from .distributed import init_from_env, launched, leave, world
 from .estimators import elbo as elbo_per_point
 from .estimators import log_likelihood
 from .latents import INTERPOLATIONS, attribute_rows, interpolation_rows, traversal_rows
@@ -27,6 +28,7 @@ from .program import ProgramError, check_observed
 from .runs import (
     RunConfig,
     build_program,
+    check_device,
     check_features,
     choose_binarization,
     load_data,
@@ -60,8 +62,12 @@ def _pick(cls: type, args: argparse.Namespace) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def _evaluate(program, x: torch.Tensor, num_samples: int, progress: bool) -> dict[str, float]:
-    """log p(x) with diagnostics, and the ELBO, averaged over the rows of ``x``."""
+def _evaluate(
+    program, x: torch.Tensor, num_samples: int, progress: bool, seed: int
+) -> dict[str, float]:
+    """log p(x) with diagnostics, and the ELBO, averaged over the rows of ``x``; the draws
+    follow from ``seed`` alone, and under torchrun the points are shared out among the
+    processes (each gets every result)."""
     result = log_likelihood(
         program.model,
         program.guide,
@@ -69,10 +75,14 @@ def _evaluate(program, x: torch.Tensor, num_samples: int, progress: bool) -> dic
         num_samples=num_samples,
         diagnostics=True,
         progress=progress,
+        seed=seed,
+        distributed=True,
     )
     summary = result.summary()
-    torch.manual_seed(0)
-    bound = elbo_per_point(program.model, program.guide, x, num_samples=1).mean().item()
+    bound = elbo_per_point(
+        program.model, program.guide, x, num_samples=1, seed=seed, distributed=True
+    )
+    bound = bound.mean().item()
     return {
         "log_likelihood": summary["log_px"],
         "nll": summary["nll"],
@@ -120,6 +130,12 @@ def _pictures(program, x: torch.Tensor, image_shape, out: Path, seed: int) -> li
     return written
 
 
+def _say(*args: Any, **kwargs: Any) -> None:
+    """print, from one process: rank 0 of a torchrun launch, or the only one."""
+    if world().root:
+        print(*args, **kwargs)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     run, fit_config = _pick(RunConfig, args), _pick(FitConfig, args)
     run.check()
@@ -138,7 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if f.name in network and getattr(run, f.name) != f.default
         ]
         if ignored:
-            print(f"note: {', '.join(ignored)} describe the built-in network; --model replaces it")
+            _say(f"note: {', '.join(ignored)} describe the built-in network; --model replaces it")
     raw = load_data(dataclasses.replace(run, binarize="none"), seed=fit_config.seed)
     program = build_program(run.recipe(raw.x_dim), raw.x_dim)
     for _, module in program.modules():
@@ -147,10 +163,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = binarize_splits(raw, binarization, fit_config.seed)
     run = dataclasses.replace(run, binarize=binarization)
     n_params = sum(p.numel() for _, m in program.modules() for p in m.parameters())
-    print(
+    processes = f" over {world().size} processes" if world().active else ""
+    _say(
         f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
         f"points of {data.x_dim} features (binarization: {binarization}); {program.name}"
         + (f" with {n_params:,} parameters" if n_params else "")
+        + processes
     )
     started = time.perf_counter()
     result = fit(
@@ -164,10 +182,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - started
     if result.stopped_early and fit_config.progress:
-        print(f"early stop: no better validation loss for {fit_config.patience} epochs")
-    print(f"estimating test log p(x) with {run.eval_samples} importance samples per point...")
+        _say(f"early stop: no better validation loss for {fit_config.patience} epochs")
+    _say(f"estimating test log p(x) with {run.eval_samples} importance samples per point...")
     test_x = data.test.to(run.device)
-    test = _evaluate(program, test_x, run.eval_samples, fit_config.progress)
+    test = _evaluate(program, test_x, run.eval_samples, fit_config.progress, fit_config.seed)
+    if not world().root:  # rank 0 writes the run folder
+        return 0
     metrics = {
         "dataset": data.name,
         "test": test,
@@ -225,7 +245,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         x = x[: args.limit]
     torch.manual_seed(args.seed)
-    metrics = _evaluate(run.program, x, args.num_samples, progress=not args.json)
+    metrics = _evaluate(run.program, x, args.num_samples, not args.json, args.seed)
+    if not world().root:
+        return 0
     metrics = {"dataset": data.name, "split": args.split, **metrics}
     labels = getattr(data, f"{args.split}_labels")
     if labels is not None and args.limit:
@@ -418,7 +440,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         x = x[: args.limit]
     folder = Path(args.run_dir)
     torch.manual_seed(args.seed)
-    metrics = _evaluate(run.program, x, args.num_samples, progress=False)
+    metrics = _evaluate(run.program, x, args.num_samples, False, args.seed)
     labels = getattr(data, f"{args.split}_labels")
     labels = labels[: len(x)] if labels is not None else None
     metrics.update(_look_inside(run.program, x, labels))
@@ -577,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        if launched():
+            _join(args)
         return commands[args.command](args)
     except Exception as e:
         if args.debug:
@@ -586,7 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if not isinstance(e, known):
             code, text = 1, f"{type(e).__name__}: {text} (--debug shows where)"
-        print(f"ppl-vae {args.command}: error: {text}", file=sys.stderr)
+        rank = f" (process {world().rank})" if world().active else ""
+        print(f"ppl-vae {args.command}: error{rank}: {text}", file=sys.stderr)
         return code
     except KeyboardInterrupt as e:
         saved = (
@@ -598,6 +623,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+        leave()
+
+
+def _join(args: argparse.Namespace) -> None:
+    """Under torchrun: join the process group (gloo on CPU, NCCL on CUDA), each process on
+    its own GPU when the device is ``cuda`` without an index."""
+    if args.command not in ("train", "evaluate"):
+        raise ValueError(
+            f"ppl-vae {args.command} runs in one process; run it without torchrun (only train "
+            "and evaluate share their work among processes)"
+        )
+    device = args.device
+    if device is None:  # evaluate: the run's device
+        device = read_config(args.run_dir).get("run", {}).get("device") or "cpu"
+    check_device(device)
+    _, device = init_from_env(device)
+    args.device = str(device)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

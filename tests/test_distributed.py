@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pyro
@@ -189,3 +192,38 @@ def test_log_likelihood_sharded_over_two_processes_equals_one_point_for_point(tm
             torch.testing.assert_close(
                 getattr(two, name), getattr(one, name), atol=0, rtol=0, msg=f"rank {rank} {name}"
             )
+
+
+def _torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(SIZE), "-m", "ppl_vae.cli", *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_under_torchrun_trains_and_evaluates_as_one_process_does(tmp_path):
+    done = _torchrun(
+        "train", "--dataset", "digits", "--epochs", "1", "--eval-samples", "50",
+        "--no-progress", "--out", "two", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "over 2 processes" in done.stdout and done.stdout.count("test log p(x) =") == 1
+    saved = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert saved["processes"] == SIZE
+    flags = ("evaluate", "two", "--num-samples", "64", "--json")
+    two = _torchrun(*flags, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "ppl_vae.cli", *flags],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 alone prints
+    for key in ("log_likelihood", "elbo", "stderr", "ess_fraction", "num_points"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
+
+
+def test_cli_under_torchrun_refuses_what_runs_in_one_process(tmp_path):
+    done = _torchrun("sample", "nowhere", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "runs in one process; run it without torchrun" in done.stderr
