@@ -4,6 +4,7 @@ latents."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import signal
@@ -35,6 +36,7 @@ from .runs import (
     open_run,
     read_config,
 )
+from .trackers import make as make_trackers
 from .train import RESUMABLE, FitConfig, Terminated, check_config, fit
 from .viz import interleave, plot_curves, plot_latents, save_image_grid
 
@@ -171,6 +173,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         + processes
     )
     started = time.perf_counter()
+    trackers = make_trackers(run.logger) if world().root else []
+    with contextlib.ExitStack() as stack:
+        for tracker in trackers:
+            stack.enter_context(tracker)
+        return _train_and_evaluate(args, run, fit_config, program, data, out, trackers, started)
+
+
+def _train_and_evaluate(args, run, fit_config, program, data, out, trackers, started) -> int:
     result = fit(
         program,
         data,
@@ -179,6 +189,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         run_info={"run": dataclasses.asdict(run)},
+        trackers=trackers,
     )
     seconds = time.perf_counter() - started
     if result.stopped_early and fit_config.progress:
@@ -188,6 +199,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     test = _evaluate(program, test_x, run.eval_samples, fit_config.progress, fit_config.seed)
     if not world().root:  # rank 0 writes the run folder
         return 0
+    for tracker in trackers:
+        tracker.log_final(result.steps, test)
     metrics = {
         "dataset": data.name,
         "test": test,

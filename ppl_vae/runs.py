@@ -22,6 +22,7 @@ from .model import PRESETS, build_vae
 from .preflight import first_trace
 from .priors import FLOW_TYPES, PRIORS
 from .program import Program, ProgramError, as_program, binary_observation
+from .trackers import make as make_trackers
 from .train import CHECKPOINT, CONFIG, FitConfig, _opt
 
 __all__ = [
@@ -76,7 +77,15 @@ class RunConfig:
     )
     modes: int = _opt(3, "polymodal latent: Gaussians per latent dimension")
     eval_samples: int = _opt(1000, "importance samples per test point for log p(x)")
-    device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
+    device: str = _opt(
+        "cpu", "torch device: cpu, cuda, cuda:N or mps (under torchrun, cuda: cuda:LOCAL_RANK)"
+    )
+    logger: str | None = _opt(
+        None,
+        "also log the settings, every step's loss, every epoch and the final log p(x) to "
+        "tensorboard, mlflow and/or csv (comma-separated; files in OUT); metrics.jsonl is "
+        "written either way",
+    )
 
     def check(self) -> None:
         """A ``ValueError`` naming the flag when a size or count is out of range, or the
@@ -92,6 +101,7 @@ class RunConfig:
         if any(w < 1 for w in self.network()["hidden"]):
             raise ValueError(f"--hidden widths must be at least 1, got {self.hidden!r}")
         check_device(self.device)
+        make_trackers(self.logger)
 
     def network(self) -> dict[str, Any]:
         """The preset's network with explicit flags laid over it."""

@@ -8,7 +8,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -55,6 +55,7 @@ from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .preflight import cast, check_data, discover, feeds, split_arguments
 from .program import Program, ProgramError, check_pair, traces
+from .trackers import Tracker
 
 __all__ = [
     "RESUMABLE",
@@ -135,6 +136,8 @@ class FitResult:
     checkpoint: Path | None = None
     #: the objective trained with (what ``auto`` chose: ``mean-field`` or ``stl``)
     objective: str = ""
+    #: optimisation steps of the whole run (resumed ones included)
+    steps: int = 0
 
 
 @dataclass
@@ -153,6 +156,7 @@ class TrainState:
     best_state: dict[str, Any] | None = None  # the best epoch's program state (with patience)
     loader_rng: dict[str, Any] | None = None  # random states at this epoch's start (loaders)
     skipped: int = 0  # steps skipped for a non-finite loss (skip_nonfinite)
+    global_step: int = 0  # steps of the whole run completed (the trackers' x axis)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -272,8 +276,12 @@ class _Trainer:
         out: Path | None,
         callback: Callable[[int, int, float], None] | None,
         run_info: dict[str, Any] | None,
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self.world = world()
+        if trackers and out is None:
+            raise ValueError("trackers write into the run folder; give fit out=FOLDER")
+        self.trackers = list(trackers) if self.world.root else []
         if not self.world.root:  # rank 0 alone reports and writes the run folder
             config = replace(config, progress=False)
         self.program, self.config, self.out, self.callback = program, config, out, callback
@@ -362,6 +370,8 @@ class _Trainer:
             state["rng_ranks"] = rngs
         self.result.checkpoint = save_checkpoint(state, self.path)
         self._write_metrics()
+        for tracker in self.trackers:
+            tracker.commit()
 
     def _write_metrics(self) -> None:
         """``metrics.jsonl`` as the checkpoint's history says, one line per epoch, rewritten
@@ -378,6 +388,8 @@ class _Trainer:
         if saved is not None:
             self._resume(saved)
         broadcast_tensors(list(self.program.parameters.values()))
+        for tracker in self.trackers:
+            tracker.start(self.out, self.run_info, self.state.global_step)
 
     def _take_folder(self, resume: bool, overwrite: bool) -> dict[str, Any] | None:
         """The folder part of :meth:`start`; the checkpoint to resume from, if any."""
@@ -481,9 +493,11 @@ class _Trainer:
             b = state.step_in_epoch
             self.engine.set_weight(warmup_weight(config.beta, config.warmup, state.epoch, b, n))
             loss = self._step(batch, b)
-            state.step_in_epoch = b + 1
+            state.step_in_epoch, state.global_step = b + 1, state.global_step + 1
             bar.update(1)
             if loss is not None:
+                for tracker in self.trackers:
+                    tracker.log_step(state.global_step, loss)
                 state.loss_sum, state.loss_count = state.loss_sum + loss, state.loss_count + 1
                 if b % 20 == 0:
                     bar.set_postfix(loss=f"{loss:.2f}", refresh=False)
@@ -571,6 +585,8 @@ class _Trainer:
             record["val_reconstruction"], record["val_kl"] = self.terms
         record["seconds"] = time.perf_counter() - self.started
         state.history.append(record)
+        for tracker in self.trackers:
+            tracker.log_epoch(state.global_step, record)
         state.epoch, state.step_in_epoch, state.perm = state.epoch + 1, 0, None
         state.loss_sum, state.loss_count = 0.0, 0
         current = record.get("val_loss", record["train_loss"])
@@ -602,6 +618,7 @@ class _Trainer:
         self.program.train(False)
         if self.state.best_state is not None:
             self.program.load_state_dict(self.state.best_state)
+        self.result.steps = self.state.global_step
         return self.result
 
 
@@ -614,6 +631,7 @@ def fit(
     callback: Callable[[int, int, float], None] | None = None,
     run_info: dict[str, Any] | None = None,
     overwrite: bool = False,
+    trackers: Sequence[Tracker] = (),
     **overrides: Any,
 ) -> FitResult:
     """Train any Pyro program by stochastic variational inference.
@@ -664,6 +682,16 @@ def fit(
         run_info: more fields for ``out/config.json`` (the CLI records its flags there).
         overwrite: replace a run that ``out`` holds (without it, and without ``resume``, a
             folder with a checkpoint is refused).
+        trackers: :class:`~ppl_vae.trackers.Tracker` objects (TensorBoard, MLflow, CSV) that
+            get the settings, every step's loss and every epoch's record; they stay open
+            after ``fit`` (log the evaluation, then close them).
+
+    Several processes: under an initialized ``torch.distributed`` group (``torchrun``), each
+    process trains on its rows of every global batch of ``batch_size`` rows, with the
+    gradients averaged over all of them (:class:`~ppl_vae.engines.DistributedEngine`); rank 0
+    alone writes ``out`` and reports. The particle draws of each process come from a stream
+    of its own, the shuffling and dynamic binarization from one stream alike everywhere, and
+    all are checkpointed, so a run resumes exactly with the same number of processes.
 
     Returns:
         A :class:`FitResult`.
@@ -672,7 +700,14 @@ def fit(
     check_config(config)
     program, train, val = split_arguments(program, data)
     trainer = _Trainer(
-        program, train, val, config, Path(out) if out is not None else None, callback, run_info
+        program,
+        train,
+        val,
+        config,
+        Path(out) if out is not None else None,
+        callback,
+        run_info,
+        trackers,
     )
     try:
         trainer.start(resume, overwrite)
