@@ -35,6 +35,7 @@ from .runs import (
     load_data,
     open_run,
     read_config,
+    run_device,
 )
 from .trackers import make as make_trackers
 from .train import RESUMABLE, FitConfig, Terminated, check_config, fit
@@ -234,6 +235,7 @@ def _train_and_evaluate(args, run, fit_config, program, data, out, trackers, sta
 def _load_for_eval(args: argparse.Namespace):
     """The run's program with its weights, its data, and the split asked for."""
     doc = read_config(args.run_dir)
+    device = run_device(args.device, doc)
     spec = doc.get("data")
     if args.dataset is not None:
         base = spec or {"binarization": "none", "seed": 0}
@@ -244,9 +246,12 @@ def _load_for_eval(args: argparse.Namespace):
             "--dataset (and --data-dir)"
         )
     data = load_data(spec)
-    x = getattr(data, args.split).to(args.device or doc.get("run", {}).get("device") or "cpu")
+    x = getattr(data, args.split).to(device)
     name = f"the {spec['dataset']} {args.split} split"
     run = open_run(args.run_dir, example=x[:2], device=str(x.device))
+    known = run.program.dtype_and_device()
+    if known is not None:  # the weights' dtype (float64 when trained so)
+        x = x.to(dtype=known[0])
     check_features(run, x, name)
     check_finite((x,), name)
     check_observed(run.program.model, run.program.guide, x, what=name)
@@ -648,10 +653,9 @@ def _join(args: argparse.Namespace) -> None:
             "and evaluate share their work among processes)"
         )
     device = args.device
-    if device is None:  # evaluate: the run's device
-        device = read_config(args.run_dir).get("run", {}).get("device") or "cpu"
-    check_device(device)
-    _, device = init_from_env(device)
+    if args.command != "train":
+        device = run_device(device, read_config(args.run_dir))
+    _, device = init_from_env(check_device(str(device)))
     args.device = str(device)
 
 

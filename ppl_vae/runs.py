@@ -36,6 +36,7 @@ __all__ = [
     "load_factory",
     "open_run",
     "read_config",
+    "run_device",
 ]
 
 
@@ -166,9 +167,24 @@ def check_device(name: str) -> torch.device:
             raise ValueError(f"--device {name}: this machine has no CUDA device; use --device cpu")
         if device.index is not None and device.index >= count:
             raise ValueError(f"--device {name}: there are {count} CUDA devices (0 to {count - 1})")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: ppl_vae runs on cpu, cuda, cuda:N or mps")
     return device
+
+
+def run_device(requested: str | None, doc: dict[str, Any]) -> torch.device:
+    """Where to open a run: ``requested`` (checked), else the device it trained on when this
+    machine has it, else the CPU (a run trained on a GPU opens on a machine without one)."""
+    if requested is not None:
+        return check_device(requested)
+    recorded = doc.get("run", {}).get("device") or "cpu"
+    try:
+        return check_device(recorded)
+    except ValueError:
+        return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,15 +368,25 @@ def open_run(
     else:
         x_dim = doc["program"].get("kwargs", {}).get("x_dim")
         prog = build_program(doc["program"], x_dim)
-    device = device or doc.get("run", {}).get("device") or "cpu"
-    for _, module in prog.modules():
-        module.to(device)
+    device = run_device(device, doc)
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
     if "train" not in state:
         raise CheckpointError(
             f"{run_dir / CHECKPOINT} was written by an older ppl_vae; train the run again"
         )
     saved = state["train"]["best_state"] or state["program"]
+    # the weights' own floating dtype (a run trained in float64 opens in float64)
+    dtype = next(
+        (
+            t.dtype
+            for module_state in saved["modules"].values()
+            for t in module_state.values()
+            if t.is_floating_point()
+        ),
+        None,
+    )
+    for _, module in prog.modules():
+        module.to(device=device, dtype=dtype)
     if saved["params"]:
         if example is None:
             raise ProgramError(
