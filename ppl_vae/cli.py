@@ -636,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "; the checkpoint is saved (resume with --resume)" if args.command == "train" else ""
         )
         terminated = isinstance(e, Terminated)
-        print(f"{'terminated' if terminated else 'interrupted'}{saved}", file=sys.stderr)
+        if world().root:
+            print(f"{'terminated' if terminated else 'interrupted'}{saved}", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         if threading.current_thread() is threading.main_thread():
