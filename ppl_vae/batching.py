@@ -203,10 +203,12 @@ class LoaderFeed(Feed):
         batches = [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
         # under torch.distributed each process loads only its rows of every batch
         batches = [b[shard_rows(len(b), self.world)].tolist() for b in batches]
-        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=default_collate)
+        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=_collate)
 
     def _iterate(self, loader: DataLoader | Any) -> Iterator[Batch]:
         for i, item in enumerate(loader):
+            if item is None:  # this process's share of a batch smaller than the processes
+                item = tuple(t[:0] for t in as_batch(_collate([self.dataset[0]])))
             yield as_batch(item, f"batch {i} of the loader")
 
     def first(self) -> Batch:
@@ -280,6 +282,12 @@ class LoaderFeed(Feed):
             yield from self._iterate(loader)
         else:
             yield from self._iterate(self.loader)
+
+
+def _collate(items: list) -> Any:
+    """``default_collate``, and None for no items (every process takes every step, even one
+    whose share of the batch is empty)."""
+    return default_collate(items) if items else None
 
 
 def make_feed(data: Any, batch_size: int, dynamic: bool = False, what: str = "data") -> Feed:

@@ -17,8 +17,10 @@ import torch
 import torch.distributed
 import torch.multiprocessing as mp
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from ppl_vae import fit, log_likelihood
+from ppl_vae.batching import LoaderFeed
 from ppl_vae.distributed import World, join, leave, shard_rows
 
 SIZE = 2
@@ -89,21 +91,23 @@ def _worker(rank: int, port: int, job: str, folder: str) -> None:
             )
             torch.save(est, folder / f"loglik-{rank}.pt")
             return
-        program = _program(stochastic=job != "fit-point")
+        program = _program(stochastic=job not in ("fit-point", "fit-dataset"))
+        data = TensorDataset(_data()) if job == "fit-dataset" else _data()
 
         def stop_rank_1(epoch, step, loss):  # Ctrl-C that reaches one process only
             if job == "fit-interrupted" and rank == 1 and (epoch, step) == (1, 2):
                 os.kill(os.getpid(), signal.SIGINT)
 
-        out = {"fit-point": None, "fit-4": folder / "ref"}.get(job, folder / "run")
+        out = {"fit-point": None, "fit-dataset": None, "fit-4": folder / "ref"}
+        out = out.get(job, folder / "run")
         try:
             result = fit(
                 program,
-                _data(),
+                data,
                 out=out,
                 resume=job == "fit-resumed",
                 callback=stop_rank_1,
-                **_settings(epochs=3 if job == "fit-point" else 4),
+                **_settings(epochs=3 if job in ("fit-point", "fit-dataset") else 4),
             )
         except KeyboardInterrupt:
             return
@@ -135,12 +139,15 @@ def test_shards_cover_every_row_once_with_sizes_within_one():
             assert max(lengths) - min(lengths) <= 1, (n, size, lengths)
 
 
-def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path):
-    # batches of 7 rows split 4 + 3, the last of the 50 rows (1 row) 1 + 0
-    _run("fit-point", tmp_path)
+@pytest.mark.parametrize("job", ["fit-point", "fit-dataset"])
+def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path, job):
+    # batches of 7 rows split 4 + 3, the last of the 50 rows (1 row) 1 + 0; from a tensor,
+    # or from a Dataset (each process loads only its rows of each batch)
+    _run(job, tmp_path)
     program = _program(stochastic=False)
-    single = fit(program, _data(), **_settings())
-    ranks = [torch.load(tmp_path / f"fit-point-{r}.pt") for r in range(SIZE)]
+    data = TensorDataset(_data()) if job == "fit-dataset" else _data()
+    single = fit(program, data, **_settings())
+    ranks = [torch.load(tmp_path / f"{job}-{r}.pt") for r in range(SIZE)]
     _assert_same_state(ranks[0]["state"], ranks[1]["state"], 0.0, "rank 0 against rank 1")
     _assert_same_state(program.state_dict(), ranks[0]["state"], 1e-5, "1 process against 2")
     for one, two in zip(single.history, ranks[0]["history"], strict=True):
@@ -227,3 +234,12 @@ def test_cli_under_torchrun_refuses_what_runs_in_one_process(tmp_path):
     done = _torchrun("sample", "nowhere", cwd=tmp_path)
     assert done.returncode != 0
     assert "runs in one process; run it without torchrun" in done.stderr
+
+
+def test_a_shuffling_loader_without_a_generator_is_refused_for_several_processes():
+    data = TensorDataset(_data())
+    with pytest.raises(ValueError, match="needs a generator seeded alike in every process"):
+        LoaderFeed(DataLoader(data, batch_size=5, shuffle=True), 5).check_shared_order()
+    seeded = DataLoader(data, batch_size=5, shuffle=True, generator=torch.Generator())
+    LoaderFeed(seeded, 5).check_shared_order()
+    LoaderFeed(DataLoader(data, batch_size=5), 5).check_shared_order()
