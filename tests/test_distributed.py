@@ -104,6 +104,7 @@ def _worker(rank: int, port: int, job: str, folder: str) -> None:
             result = fit(
                 program,
                 data,
+                _data(11) if job == "fit-point" else None,
                 out=out,
                 resume=job == "fit-resumed",
                 callback=stop_rank_1,
@@ -146,12 +147,15 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path, job):
     _run(job, tmp_path)
     program = _program(stochastic=False)
     data = TensorDataset(_data()) if job == "fit-dataset" else _data()
-    single = fit(program, data, **_settings())
+    val = _data(11) if job == "fit-point" else None  # validation over 2 processes: 6 + 5 rows
+    single = fit(program, data, val, **_settings())
     ranks = [torch.load(tmp_path / f"{job}-{r}.pt") for r in range(SIZE)]
     _assert_same_state(ranks[0]["state"], ranks[1]["state"], 0.0, "rank 0 against rank 1")
     _assert_same_state(program.state_dict(), ranks[0]["state"], 1e-5, "1 process against 2")
     for one, two in zip(single.history, ranks[0]["history"], strict=True):
-        assert one["train_loss"] == pytest.approx(two["train_loss"], abs=1e-4), (one, two)
+        for key in ("train_loss", "val_loss", "val_reconstruction", "val_kl"):
+            if key in one or key in two:
+                assert one[key] == pytest.approx(two[key], abs=1e-4), (key, one, two)
 
 
 def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(tmp_path):
