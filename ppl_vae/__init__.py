@@ -16,6 +16,7 @@ from .polymodal import PolymodalPrior, PolymodalVAE
 from .priors import FlowPrior, MixturePrior, NormalPrior, VampPrior, make_prior
 from .program import Program, as_program
 from .stl import STLELBO
+from .trackers import CSVTracker, MLflowTracker, TensorBoardTracker
 from .train import FitConfig, FitResult, fit, negative_bound
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "VAE",
     "AnalyticKLELBO",
     "BernoulliLikelihood",
+    "CSVTracker",
     "ContinuousBernoulliLikelihood",
     "DataSplits",
     "Decoder",
@@ -33,6 +35,7 @@ __all__ = [
     "GaussianLikelihood",
     "KLWeight",
     "LogLikelihood",
+    "MLflowTracker",
     "FlowPrior",
     "MixturePrior",
     "NormalPrior",
@@ -40,6 +43,7 @@ __all__ = [
     "PolymodalVAE",
     "Program",
     "STLELBO",
+    "TensorBoardTracker",
     "VampPrior",
     "as_program",
     "build_vae",
