@@ -165,12 +165,12 @@ def sum_all(values: Sequence[float]) -> list[float]:
 
 
 def broadcast_object(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank (pickled; tensors come back on the CPU)."""
+    """Rank 0's ``obj`` on every rank (pickled)."""
     w = world()
     if not w.active:
         return obj
     box = [obj if w.root else None]
-    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    dist.broadcast_object_list(box, src=0)  # on the current GPU under NCCL, else the CPU
     return box[0]
 
 
