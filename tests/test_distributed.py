@@ -88,24 +88,26 @@ def _worker(rank: int, port: int, job: str, folder: str) -> None:
         if job == "loglik":
             torch.save(_estimate(distributed=True), folder / f"loglik-{rank}.pt")
             return
-        program = _program(stochastic=job not in ("fit-point", "fit-dataset"))
-        data = TensorDataset(_data()) if job == "fit-dataset" else _data()
+        # "fit-4", "fit-interrupted", "fit-resumed": a stochastic guide; ":point" a point mass
+        base, _, kind = job.partition(":")
+        short = base in ("fit-point", "fit-dataset")
+        program = _program(stochastic=not short and kind != "point")
+        data = TensorDataset(_data()) if base == "fit-dataset" else _data()
 
         def stop_rank_1(epoch, step, loss):  # Ctrl-C that reaches one process only
-            if job == "fit-interrupted" and rank == 1 and (epoch, step) == (1, 2):
+            if base == "fit-interrupted" and rank == 1 and (epoch, step) == (1, 2):
                 os.kill(os.getpid(), signal.SIGINT)
 
-        out = {"fit-point": None, "fit-dataset": None, "fit-4": folder / "ref"}
-        out = out.get(job, folder / "run")
+        out = None if short else folder / ("ref" if base == "fit-4" else "run")
         try:
             result = fit(
                 program,
                 data,
-                _data(11) if job == "fit-point" else None,
+                _data(11) if base == "fit-point" else None,
                 out=out,
-                resume=job == "fit-resumed",
+                resume=base == "fit-resumed",
                 callback=stop_rank_1,
-                **_settings(epochs=3 if job in ("fit-point", "fit-dataset") else 4),
+                **_settings(epochs=3 if short else 4),
             )
         except KeyboardInterrupt:
             return
@@ -155,19 +157,25 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path, job):
                 assert one[key] == pytest.approx(two[key], abs=1e-4), (key, one, two)
 
 
-def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(tmp_path):
-    _run("fit-4", tmp_path)
-    _run("fit-interrupted", tmp_path)  # rank 1 alone gets Ctrl-C after step 2 of epoch 2
-    assert not (tmp_path / "fit-interrupted-0.pt").exists(), "rank 0 did not stop"
+@pytest.mark.parametrize("kind", ["", ":point"])
+def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(tmp_path, kind):
+    _run(f"fit-4{kind}", tmp_path)
+    _run(f"fit-interrupted{kind}", tmp_path)  # rank 1 alone gets Ctrl-C after step 2 of epoch 2
+    assert not list(tmp_path.glob("fit-interrupted*.pt")), "rank 0 did not stop"
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert saved["processes"] == SIZE and len(saved["rng_ranks"]) == SIZE
     # both processes stopped after the next step, the first whose all-reduce carried the flag
     assert (saved["train"]["epoch"], saved["train"]["step_in_epoch"]) == (1, 4)
-    _run("fit-resumed", tmp_path)
-    whole, resumed = (torch.load(tmp_path / f"{j}-0.pt") for j in ("fit-4", "fit-resumed"))
+    _run(f"fit-resumed{kind}", tmp_path)
+    jobs = (f"fit-4{kind}", f"fit-resumed{kind}")
+    whole, resumed = (torch.load(tmp_path / f"{j}-0.pt") for j in jobs)
     _assert_same_state(whole["state"], resumed["state"], 0.0, "resumed against uninterrupted")
     losses = [[h["train_loss"] for h in r["history"]] for r in (whole, resumed)]
     assert losses[0] == losses[1]
+    if kind == ":point":  # and, with no random draws, against one process on the same batches
+        program = _program(stochastic=False)
+        fit(program, _data(), **_settings(epochs=4))
+        _assert_same_state(program.state_dict(), resumed["state"], 1e-5, "1 process against 2")
 
 
 def test_a_checkpoint_of_two_processes_is_refused_by_one_and_opened_by_any(tmp_path):
