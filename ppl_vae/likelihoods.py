@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from .fastmath import FastBernoulli
 from .nets import MLP
 
 __all__ = [
@@ -31,7 +32,7 @@ class BernoulliLikelihood(nn.Module):
     binary: bool = True
 
     def forward(self, h: Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=h).to_event(1)
+        return FastBernoulli(logits=h).to_event(1)
 
 
 class ContinuousBernoulliLikelihood(nn.Module):

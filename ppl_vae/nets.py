@@ -8,10 +8,12 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from .fastmath import Softplus
+
 __all__ = ["ACTIVATIONS", "MLP", "GaussianEncoder"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "softplus": nn.Softplus,
+    "softplus": Softplus,  # nn.Softplus's numbers without its slow log1p (ppl_vae.fastmath)
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,

@@ -1,0 +1,74 @@
+"""The softplus and the Bernoulli log-likelihood without ``log1p``, which on the CPU builds we
+run is not vectorized and dominates both training and log p(x) (profile in
+benchmarks/README.md).
+
+.. math::
+
+    \\operatorname{softplus}(h) = \\max(h, 0) + \\log\\bigl(1 + e^{-|h|}\\bigr), \\qquad
+    \\log \\operatorname{Bernoulli}(x; \\sigma(h)) = x h - \\operatorname{softplus}(h).
+
+``1 + e^{-|h|}`` lies in (1, 2], where ``log`` is well conditioned; ``log(1 + e)`` instead of
+``log1p(e)`` loses only ``e`` itself when ``e`` is below the float's resolution, an absolute
+error under 6e-8 (float32), the size of ``log1p``'s own rounding. Measured on a 2048 x 784
+block, 2 threads (AMD EPYC, torch 2.14.1): 1.5 ms against 8.1 ms for ``F.softplus`` and
+9.1 ms for ``binary_cross_entropy_with_logits``, with the same largest error against float64
+(5.3e-7 and 5.4e-7). The backward pass is ``sigmoid(h)``, exact, from the saved input alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+from torch.distributions.utils import broadcast_all
+
+__all__ = ["FastBernoulli", "Softplus", "softplus"]
+
+
+class _Softplus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: Tensor) -> Tensor:
+        ctx.save_for_backward(h)
+        out = torch.exp(-h.abs())
+        out.add_(1.0).log_()
+        return out.add_(h.clamp(min=0))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (h,) = ctx.saved_tensors
+        return grad * torch.sigmoid(h)
+
+
+def softplus(h: Tensor) -> Tensor:
+    """``log(1 + exp(h))`` elementwise, same shape as ``h``; differentiable. Exact to an
+    absolute error below the float's resolution at 1 (6e-8 in float32), so far left in the
+    tail, where softplus(h) ~ exp(h) is below that, it gives 0.
+
+    >>> softplus(torch.tensor([-2.0, 0.0, 30.0]))
+    tensor([ 0.1269,  0.6931, 30.0000])
+    >>> softplus(torch.tensor([-30.0]))  # exp(-30) = 9.4e-14
+    tensor([0.])
+    """
+    return _Softplus.apply(h)
+
+
+class Softplus(nn.Module):
+    """:func:`softplus` as a layer, in place of ``nn.Softplus()`` (``beta = 1``; no state, so
+    checkpoints of either load into the other)."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return softplus(h)
+
+
+class FastBernoulli(dist.Bernoulli):
+    """Pyro's ``Bernoulli`` with ``log_prob = x * logits - softplus(logits)`` (the same
+    number as ``-binary_cross_entropy_with_logits``, to float rounding; validation of the
+    value as before). Give it ``logits``."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = broadcast_all(self.logits, value)
+        return value * logits - softplus(logits)
