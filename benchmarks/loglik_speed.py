@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model, loglik_flop, matmul_peak  # benchmarks/ is on sys.path
 
 from ppl_vae import build_vae
 from ppl_vae.estimators import log_likelihood
+from ppl_vae.fastmath import plain_copy
 
 MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist/t10k-images-idx3-ubyte.gz"
 
@@ -46,22 +48,32 @@ def load_images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy((data[:n] > 127).astype(np.float32))
 
 
-def reference(vae, x: torch.Tensor, k: int) -> torch.Tensor:
-    """Batched torch IWAE estimate per image: one image at a time, K particles in one batch."""
+def plain_nets(vae) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The VAE's encoder and decoder networks as a user writes them, with ``nn.Softplus``
+    (ppl_vae's own networks use ``ppl_vae.fastmath.Softplus``)."""
+    plain = plain_copy(vae)
+    return plain.encoder.net, plain.decoder.net
+
+
+def reference(nets, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Batched torch IWAE estimate per image: one image at a time, K particles in one batch,
+    the Bernoulli log-likelihood by ``binary_cross_entropy_with_logits``. ``eps``: the
+    standard Normal draws, shape (N, K, z), else drawn here."""
+    encoder, decoder = nets
     out = []
     with torch.no_grad():
-        for xi in x:
-            loc, log_var = vae.encoder.net(xi[None]).chunk(2, -1)  # (1, z)
+        for n, xi in enumerate(x):
+            loc, log_var = encoder(xi[None]).chunk(2, -1)  # (1, z)
             scale = torch.exp(0.5 * log_var)
-            eps = torch.randn(k, loc.shape[-1])
-            z = loc + scale * eps  # (K, z)
-            logits = vae.decoder.net(z)  # (K, 784)
+            e = torch.randn(k, loc.shape[-1]) if eps is None else eps[n].to(loc.dtype)
+            z = loc + scale * e  # (K, z)
+            logits = decoder(z)  # (K, 784)
             log_px_z = -F.binary_cross_entropy_with_logits(
                 logits, xi.expand_as(logits), reduction="none"
             ).sum(-1)
             log_pz = -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
             log_qz = (
-                -0.5 * (eps**2).sum(-1)
+                -0.5 * (e**2).sum(-1)
                 - scale.log().sum(-1)
                 - 0.5 * z.shape[-1] * math.log(2 * math.pi)
             )
@@ -153,7 +165,7 @@ def memory_only(method: str, k: int, n: int) -> None:
                 vae.model, vae.guide, xs, num_samples=kk, diagnostics=True, progress=len(xs) > 1000
             )
         elif method == "reference":
-            reference(vae, xs, kk)
+            reference(plain_nets(vae), xs, kk)
         else:
             batch = kk if method == "pythae-k" else min(kk, 100)
             run_pythae(pythae_model(vae), xs, kk, batch)
@@ -217,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     vae, x = make_vae(), load_images(a.n_images)
     pmodel = pythae_model(vae)
     xp = x[: a.pythae_images]
-    methods = {"reference (batched torch)": lambda: reference(vae, x, a.k)}
+    nets = plain_nets(vae)
+    methods = {"reference (batched torch)": lambda: reference(nets, x, a.k)}
     methods["ppl_vae.log_likelihood"] = lambda: ours(vae, x, a.k)
     sizes = {"reference (batched torch)": len(x), "ppl_vae.log_likelihood": len(x)}
     if pmodel is not None:
@@ -245,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     mem = {name: measure(keys[name], a.k, sizes[name], a.threads)[1] for name in methods}
     print(f"\nK = {a.k}, {a.n_images} MNIST test images (pythae: {len(xp)}), seed network,")
-    print(f"random weights, {a.threads} threads, median of {a.repeats}\n")
+    print(f"random weights, {a.threads} threads, median of {a.repeats}; CPU {cpu_model()}\n")
     print("| method | ms per image | ratio to reference | peak memory (MiB) | mean log p(x) |")
     print("|---|---|---|---|---|")
     for name in methods:
@@ -253,6 +266,20 @@ def main(argv: list[str] | None = None) -> int:
         mean = float(value) if value.dim() == 0 else float(value.mean())
         print(f"| {name} | {ms[name]:.1f} | {ms[name] / ref:.2f} | {mem[name]:.0f} | {mean:.2f} |")
     ours_ms = ms["ppl_vae.log_likelihood"]
+    # the fast float32 operations against float64 ones, on the same draws
+    eps = torch.randn(len(x), a.k, 50, dtype=torch.float64)
+    fast32 = reference((vae.encoder.net, vae.decoder.net), x, a.k, eps)
+    plain64 = reference(tuple(n.double() for n in plain_nets(vae)), x.double(), a.k, eps)
+    print(
+        "fast float32 network and likelihood against plain float64, same draws: largest "
+        f"per-image difference {(fast32.double() - plain64).abs().max().item():.2e} nats"
+    )
+    peak, flop = matmul_peak(), loglik_flop(a.k)
+    print(
+        f"float32 1024-square matrix product: {peak:.0f} GFLOP/s ({a.threads} threads); "
+        f"log_likelihood's decoder products: {flop / ours_ms / 1e6:.0f} GFLOP/s = "
+        f"{100 * flop / ours_ms / 1e6 / peak:.0f}% of it"
+    )
     for name in methods:
         if name.startswith("pythae"):
             print(f"ppl_vae is {ms[name] / ours_ms:.2f}x faster than {name}")
