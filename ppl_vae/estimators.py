@@ -378,6 +378,17 @@ def _gather(
     return out
 
 
+def _per_point(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, reduce: Callable, options: tuple
+) -> list[Tensor]:
+    """``reduce`` of every batch's log-weight chunks, as ``(N,)`` tensors; ``options`` are the
+    public estimators' ``(num_samples, chunk_size, batch_size, plate, progress, seed,
+    distributed)``."""
+    *passes, distributed = options
+    where = world() if distributed else ONE
+    return _gather(_batches(model, guide, args, kwargs, *passes, where), reduce, where)
+
+
 def _no_nan(values: Tensor, what: str) -> Tensor:
     """``values`` unchanged, or a ValueError naming the points whose estimate is NaN."""
     bad = torch.isnan(values).nonzero().flatten()
@@ -498,22 +509,10 @@ def log_likelihood(
     >>> log_likelihood(model, guide, x, num_samples=10)  # log N(x; 0, 2)
     tensor([-1.2655, -1.5155, -2.2655])
     """
-    where = world() if distributed else ONE
-    batches = _batches(
-        model,
-        guide,
-        args,
-        kwargs,
-        num_samples,
-        chunk_size,
-        batch_size,
-        plate,
-        progress,
-        seed,
-        where,
-    )
+    options = (num_samples, chunk_size, batch_size, plate, progress, seed, distributed)
     if diagnostics:
-        fields = _gather(batches, lambda chunks: _diagnose(torch.cat(list(chunks), 0)), where)
+        reduce = lambda chunks: _diagnose(torch.cat(list(chunks), 0))  # noqa: E731
+        fields = _per_point(model, guide, args, kwargs, reduce, options)
         _no_nan(fields[0], "log p(x)")
         return LogLikelihood(*fields, num_samples=num_samples)
 
@@ -524,7 +523,7 @@ def log_likelihood(
             acc = lse if acc is None else torch.logaddexp(acc, lse)
         return (acc - math.log(num_samples),)
 
-    return _no_nan(_gather(batches, streamed, where)[0], "log p(x)")
+    return _no_nan(_per_point(model, guide, args, kwargs, streamed, options)[0], "log p(x)")
 
 
 @torch.no_grad()
@@ -563,20 +562,7 @@ def elbo(
     >>> elbo(model, guide, torch.zeros(4)).shape
     torch.Size([4])
     """
-    where = world() if distributed else ONE
-    batches = _batches(
-        model,
-        guide,
-        args,
-        kwargs,
-        num_samples,
-        chunk_size,
-        batch_size,
-        plate,
-        progress,
-        seed,
-        where,
-    )
+    options = (num_samples, chunk_size, batch_size, plate, progress, seed, distributed)
     reduce = lambda chunks: (sum(log_w.sum(0) for log_w in chunks) / num_samples,)  # noqa: E731
-    out = _gather(batches, reduce, where)
+    out = _per_point(model, guide, args, kwargs, reduce, options)
     return _no_nan(out[0], "the ELBO")
