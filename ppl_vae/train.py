@@ -55,6 +55,7 @@ from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .preflight import cast, check_data, discover, feeds, split_arguments
 from .program import Program, ProgramError, check_pair, traces
+from .schedules import SCHEDULES, Schedule
 from .trackers import Tracker
 
 __all__ = [
@@ -86,6 +87,12 @@ class FitConfig:
     epochs: int = _opt(10, "passes over the training data")
     batch_size: int = _opt(100, "data points per optimisation step")
     lr: float = _opt(1e-3, "Adam's learning rate")
+    lr_schedule: str = _opt(
+        "constant",
+        "constant; iwae: stage i of 3^i epochs at lr*10^(-i/7) (Burda et al. 2016); cosine: "
+        "to 0 over the epochs; plateau: halve after 5 epochs without a better val loss",
+        SCHEDULES,
+    )
     objective: str = _opt(
         "auto",
         "mean-field (analytic KL), elbo (Monte Carlo KL), stl, iwae, iwae-dreg; "
@@ -186,6 +193,11 @@ def check_config(config: FitConfig) -> None:
         need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, ">= 0")
     need(config.engine in ENGINES, "engine", f"one of {list(ENGINES)}")
     need(config.objective in OBJECTIVES, "objective", f"one of {list(OBJECTIVES)}")
+    need(config.lr_schedule in SCHEDULES, "lr_schedule", f"one of {list(SCHEDULES)}")
+    if config.engine == "svi" and config.lr_schedule != "constant":
+        raise ValueError(
+            "a learning-rate schedule steps fit's own optimizer; use it with --engine fast"
+        )
     if config.objective.startswith("iwae") and (config.warmup or config.beta != 1.0):
         raise ValueError(
             "a KL weight (beta or warm-up) scales the latent sites, which inside the IWAE "
@@ -322,6 +334,8 @@ class _Trainer:
         if self.world.active:
             engine = DistributedEngine
         self.engine = engine(program, objective, config.lr, config.beta)
+        optimizer = getattr(self.engine, "optimizer", None)
+        self.schedule = Schedule(config.lr_schedule, optimizer, config.epochs)
         self.state = TrainState()
         self.result = FitResult(objective=resolve(config.objective, sites))
         self.lock = RunLock(out) if out is not None and self.world.root else None
@@ -361,6 +375,7 @@ class _Trainer:
             "config": asdict(self.config),
             "program": self.program.state_dict(),
             "optimizer": self.engine.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "rng": rngs[0],
             "data_rng": self.gen.get_state(),
             "train": self.state.as_dict(),
@@ -435,6 +450,11 @@ class _Trainer:
                 f"its settings (only {', '.join(RESUMABLE)} may change), or train into "
                 "another folder"
             )
+        if old.lr != self.config.lr and self.config.lr_schedule != "constant":
+            raise CheckpointError(
+                f"{self.out} follows the {self.config.lr_schedule!r} learning-rate schedule "
+                f"from lr {old.lr}; resume with --lr {old.lr} (the schedule sets the rate)"
+            )
         processes = saved.get("processes", 1)
         if processes != self.world.size:
             how = "without torchrun" if processes == 1 else f"--nproc-per-node {processes}"
@@ -453,6 +473,7 @@ class _Trainer:
         except ProgramError as e:
             raise CheckpointError(f"{self.path} does not fit this program: {e}") from e
         self.engine.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved.get("schedule", {}))
         if old.lr != self.config.lr:
             self.engine.set_lr(self.config.lr)
         rngs = saved.get("rng_ranks", [saved["rng"]])
@@ -584,6 +605,9 @@ class _Trainer:
             record["val_loss"] = val
             record["val_reconstruction"], record["val_kl"] = self.terms
         record["seconds"] = time.perf_counter() - self.started
+        if self.schedule.scheduler is not None:
+            record["lr"] = self.schedule.lr  # the rate this epoch trained at
+            self.schedule.step(record.get("val_loss", record["train_loss"]))
         state.history.append(record)
         for tracker in self.trackers:
             tracker.log_epoch(state.global_step, record)
