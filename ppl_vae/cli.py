@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
@@ -82,6 +83,7 @@ def _evaluate(
         distributed=True,
     )
     summary = result.summary()
+    spread = result.log_px.std().item() if len(x) > 1 else math.nan
     bound = elbo_per_point(
         program.model, program.guide, x, num_samples=1, seed=seed, distributed=True
     )
@@ -89,7 +91,11 @@ def _evaluate(
     return {
         "log_likelihood": summary["log_px"],
         "nll": summary["nll"],
+        # two different errors: the Monte Carlo error of the estimate (the delta method, too
+        # small where Pareto k > 0.7), and how much the mean would move on other test points
         "stderr": summary["stderr_of_mean"],
+        "spread": spread,
+        "stderr_points": spread / math.sqrt(len(x)),
         "elbo": bound,
         "ess_fraction": summary["ess_fraction"],
         "pareto_k_mean": summary["pareto_k"],
@@ -218,12 +224,14 @@ def _train_and_evaluate(args, run, fit_config, program, data, out, trackers, sta
     share = test["share_pareto_k_above_0.7"]
     pareto = (
         f"Pareto k > 0.7 for {100 * share:.1f}% of points"
+        + (", where the Monte Carlo error understates the real one" if share > 0 else "")
         if share == share
         else "no Pareto k below 21 samples (--eval-samples)"
     )
     print(
-        f"test log p(x) = {test['log_likelihood']:.2f} +- {test['stderr']:.2f} nats "
-        f"(ELBO {test['elbo']:.2f}); {pareto}"
+        f"test log p(x) = {test['log_likelihood']:.2f} nats, Monte Carlo error "
+        f"+- {test['stderr']:.2f}, over the {test['num_points']} test points "
+        f"+- {test['stderr_points']:.2f} (ELBO {test['elbo']:.2f}); {pareto}"
     )
     print(
         f"wrote {out / 'metrics.json'}, {out / 'checkpoint.pt'}, "
@@ -450,6 +458,67 @@ def _report_pictures(
     return out
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """The paired per-point difference of log p(x) between two runs, on the same points and
+    with the same draws (common random numbers)."""
+    loaded = []
+    for run_dir in (args.run_a, args.run_b):  # both are checked before anything is estimated
+        run, data, x = _load_for_eval(argparse.Namespace(**{**vars(args), "run_dir": run_dir}))
+        loaded.append((run, (data.spec or {}).get("dataset", data.name), x[: args.limit or None]))
+    (_, name_a, x_a), (_, name_b, x_b) = loaded
+    if name_a != name_b or len(x_a) != len(x_b):
+        raise ValueError(
+            f"{args.run_a} was trained on {name_a} ({len(x_a)} {args.split} points) and "
+            f"{args.run_b} on {name_b} ({len(x_b)}); compare runs on the same data (or give "
+            "both --dataset)"
+        )
+    per_point = [
+        log_likelihood(run.program.model, run.program.guide, x, num_samples=args.num_samples,
+                       diagnostics=True, seed=args.seed, progress=not args.json)
+        for run, _, x in loaded
+    ]  # fmt: skip
+    a, b = per_point
+    diff = a.log_px.double() - b.log_px.double()
+    n = len(diff)
+    out = {
+        "split": args.split,
+        "num_points": n,
+        "num_samples": args.num_samples,
+        "log_likelihood_a": a.log_px.double().mean().item(),
+        "log_likelihood_b": b.log_px.double().mean().item(),
+        "difference": diff.mean().item(),
+        # the paired standard error: the spread of the per-point differences, not of each run
+        "stderr_paired": (diff.std() / math.sqrt(n)).item() if n > 1 else math.nan,
+        "stderr_unpaired": math.sqrt(
+            (a.log_px.double().var() + b.log_px.double().var()).item() / n
+        )
+        if n > 1
+        else math.nan,
+        "monte_carlo_error": (a.stderr.double().pow(2) + b.stderr.double().pow(2))
+        .sum()
+        .sqrt()
+        .item()
+        / n,
+        "share_a_better": (diff > 0).double().mean().item(),
+        "share_pareto_k_above_0.7_a": (a.pareto_k > 0.7).double().mean().item(),
+        "share_pareto_k_above_0.7_b": (b.pareto_k > 0.7).double().mean().item(),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(
+        f"log p(x) on {n} {args.split} points, K = {args.num_samples}: A {args.run_a} "
+        f"{out['log_likelihood_a']:.3f}, B {args.run_b} {out['log_likelihood_b']:.3f}"
+    )
+    print(
+        f"A - B = {out['difference']:.3f} +- {out['stderr_paired']:.3f} nats (paired standard "
+        f"error over the points; unpaired it would be +- {out['stderr_unpaired']:.3f}; Monte "
+        f"Carlo error +- {out['monte_carlo_error']:.3f}); A is better on "
+        f"{100 * out['share_a_better']:.1f}% of the points"
+    )
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """``RUN_DIR/report.md``: settings, log p(x) and its diagnostics, the ELBO and its
     terms, surgery, active units, MIG where the data have factors, and every picture."""
@@ -590,6 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
     attr.add_argument("--factor", type=_count(0), default=0, help="label column (factor data)")
     attr.add_argument("--steps", type=_count(2), default=8, help="images from t = 0 to 1")
     attr.add_argument("--output", default=None, help="PNG path (default: RUN_DIR/NAME.png)")
+    cmp = sub.add_parser("compare", help="paired difference of log p(x) between two runs")
+    cmp.add_argument("run_a", help="a run folder")
+    cmp.add_argument("run_b", help="another run folder, trained on the same data")
+    cmp.add_argument("--split", default="test", choices=("train", "val", "test"))
+    cmp.add_argument("--dataset", default=None, help="evaluate both on another dataset")
+    cmp.add_argument("--data-dir", default=None, help="folder with that dataset's files")
+    cmp.add_argument("--device", default=None, help="torch device (default: each run's)")
+    cmp.add_argument("--seed", type=int, default=0, help="seed of the draws, shared by both")
+    cmp.add_argument("--num-samples", type=_count(1), default=1000, help="K per data point")
+    cmp.add_argument("--limit", type=_count(0), default=0, help="only the first N points (0: all)")
+    cmp.add_argument("--json", action="store_true", help="print one JSON object")
     rep = run_dir_parser("report", "write RUN_DIR/report.md with every number and picture")
     rep.add_argument("--num-samples", type=_count(1), default=1000, help="K for log p(x)")
     rep.add_argument("--limit", type=_count(0), default=0, help="only the first N points (0: all)")
@@ -612,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "latents": _cmd_latents,
         "attribute": _cmd_walk,
         "report": _cmd_report,
+        "compare": _cmd_compare,
     }
     if threading.current_thread() is threading.main_thread():
         # SIGTERM as Ctrl-C everywhere (fit holds both until its step ends): exit 143

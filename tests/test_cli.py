@@ -148,3 +148,43 @@ def test_a_factory_of_plain_functions_with_pyro_params_round_trips(tmp_path, cap
     assert main(["evaluate", str(out), "--num-samples", "20", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert abs(again["elbo"] - trained["elbo"]) < 1.0, (again["elbo"], trained["elbo"])
+
+
+def test_evaluate_reports_the_monte_carlo_error_and_the_spread_over_points(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--num-samples", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stderr_points"] == pytest.approx(out["spread"] / out["num_points"] ** 0.5)
+    # on these digits the points differ far more than the draws do
+    assert out["stderr_points"] > 5 * out["stderr"], out
+
+
+def test_compare_gives_the_paired_difference_on_the_same_points_and_draws(
+    run_dir, tmp_path, capsys
+):
+    other = tmp_path / "other"
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "1"]
+    assert main([*argv, "--eval-samples", "20", "--out", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    flags = ["--num-samples", "40", "--json", "--seed", "3"]
+    assert main(["compare", str(run_dir), str(other), *flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["difference"] == pytest.approx(out["log_likelihood_a"] - out["log_likelihood_b"])
+    assert out["num_points"] == 180 and 0 <= out["share_a_better"] <= 1
+    # the same estimates evaluate gives with the same seed
+    assert main(["evaluate", str(other), "--num-samples", "40", "--json", "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_likelihood"] == pytest.approx(
+        out["log_likelihood_b"], abs=1e-5
+    )
+    assert main(["compare", str(run_dir), str(run_dir), *flags]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["difference"] == 0 and same["stderr_paired"] == 0
+
+
+def test_compare_refuses_runs_on_other_data_in_one_line(run_dir, tmp_path, capsys):
+    other = tmp_path / "sprites"
+    argv = ["train", "--dataset", "sprites", "--preset", "small", "--epochs", "1"]
+    assert main([*argv, "--eval-samples", "5", "--out", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(run_dir), str(other), "--num-samples", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "compare runs on the same data" in err and len(err.splitlines()) == 1, err
