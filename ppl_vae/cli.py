@@ -168,7 +168,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     program = build_program(run.recipe(raw.x_dim), raw.x_dim)
     for _, module in program.modules():
         module.to(run.device)
-    binarization = choose_binarization(run.binarize, program, raw.val[:2].to(run.device))
+    binarization = choose_binarization(run.binarize, program, raw.test[:2].to(run.device))
     data = binarize_splits(raw, binarization, fit_config.seed)
     run = dataclasses.replace(run, binarize=binarization)
     n_params = sum(p.numel() for _, m in program.modules() for p in m.parameters())

@@ -251,7 +251,7 @@ def _prepare_idx_root(name: str, data_dir: Path | None, download: bool) -> Path:
 
 
 def _load_torchvision(
-    name: str, data_dir: Path | None, download: bool
+    name: str, data_dir: Path | None, download: bool, val_size: int | None = None
 ) -> tuple[Splits, Splits, tuple[int, int]]:
     from torchvision import datasets
 
@@ -260,11 +260,18 @@ def _load_torchvision(
     train_set = cls(str(root), train=True, download=download)
     test_set = cls(str(root), train=False, download=download)
     train, test = train_set.data, test_set.data
-    flat = lambda t: t.reshape(len(t), -1).float() / 255.0  # noqa: E731
+    flat = lambda t: t.flatten(1).float() / 255.0  # noqa: E731
     n_val = 10_000 if len(train) > 20_000 else len(train) // 10
+    n_val = n_val if val_size is None else val_size
+    if not 0 <= n_val < len(train):
+        raise ValueError(
+            f"--val-size must be from 0 to {len(train) - 1} (of {len(train)} training images), "
+            f"got {n_val}"
+        )
+    cut = len(train) - n_val  # the last n_val training images validate
     y, y_test = torch.as_tensor(train_set.targets), torch.as_tensor(test_set.targets)
-    splits = flat(train[:-n_val]), flat(train[-n_val:]), flat(test)
-    return splits, (y[:-n_val], y[-n_val:], y_test), tuple(train.shape[1:])
+    splits = flat(train[:cut]), flat(train[cut:]), flat(test)
+    return splits, (y[:cut], y[cut:], y_test), tuple(train.shape[1:])
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -384,6 +391,7 @@ def load_dataset(
     download: bool = False,
     binarization: str = "dynamic",
     seed: int = 0,
+    val_size: int | None = None,
 ) -> DataSplits:
     """Load a dataset as :class:`DataSplits` of float32 rows.
 
@@ -396,9 +404,11 @@ def load_dataset(
         download: let torchvision download the IDX files (needs a network).
         binarization: one of :data:`BINARIZE`.
         seed: seed of the split and of static binarization.
+        val_size: MNIST-family only: how many of the 60,000 training images (the last ones)
+            validate; 0 trains on all of them, as the IWAE paper does, with no validation.
 
     Splits: mnist5k 4,000/500/500; digits 1,437/180/180; sprites 4,916/614/614;
-    MNIST-family 50,000/10,000/10,000.
+    MNIST-family 50,000/10,000/10,000 (``val_size``: 60,000 - val_size / val_size / 10,000).
 
     >>> d = load_dataset("digits", binarization="static")
     >>> d.train.shape, d.val.shape, d.test.shape, d.binary
@@ -406,6 +416,10 @@ def load_dataset(
     """
     if binarization not in BINARIZE:
         raise ValueError(f"unknown binarization {binarization!r}; choose one of {list(BINARIZE)}")
+    if val_size is not None and name not in _TORCHVISION:
+        raise ValueError(
+            f"--val-size applies to {', '.join(_TORCHVISION)}; {name} has fixed splits"
+        )
     image_shape: tuple[int, int] | None
     if name == "mnist5k":
         ((train, val, test), labels), image_shape = _load_mnist5k(seed), (28, 28)
@@ -422,7 +436,7 @@ def load_dataset(
         (train, val, test), labels, image_shape = _load_dsprites(data_dir, seed)
     elif name in _TORCHVISION:
         (train, val, test), labels, image_shape = _load_torchvision(
-            name, Path(data_dir) if data_dir else None, download
+            name, Path(data_dir) if data_dir else None, download, val_size
         )
     elif name.endswith((".npy", ".npz")) or Path(name).is_file():
         (train, val, test), labels, image_shape = _load_arrays(Path(name).expanduser(), seed)
@@ -430,6 +444,7 @@ def load_dataset(
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {list(DATASETS)} or give a .npy/.npz path"
         )
+
     for split, x in (("train", train), ("val", val), ("test", test)):
         check_data(x, what=f"{name} {split} split")
     spec = {
@@ -438,6 +453,8 @@ def load_dataset(
         "binarization": "none",
         "seed": seed,
     }
+    if val_size is not None:  # recorded only when set, so older run folders still match
+        spec["val_size"] = val_size
     data = DataSplits(
         name,
         train,

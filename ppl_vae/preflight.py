@@ -35,6 +35,8 @@ def feeds(data: Any, val: Any, config: Any) -> tuple[Feed, Feed | None, DataSpli
         if splits.dynamic and (splits.train.min() < 0 or splits.train.max() > 1):
             raise ValueError("dynamic binarization needs training data in [0, 1]")
         data, val = splits.train, splits.val if val is None else val
+        if val is not None and len(val) == 0:  # trained on every row (--val-size 0)
+            val = None
     train = make_feed(data, config.batch_size, splits is not None and splits.dynamic, "the data")
     val_feed = None if val is None else make_feed(val, config.eval_batch_size, what="val data")
     return train, val_feed, splits
