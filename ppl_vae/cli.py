@@ -152,6 +152,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
+    if fit_config.warmup >= fit_config.epochs > 0 and fit_config.warmup > 0:
+        _say(
+            f"note: --warmup {fit_config.warmup:g} is not shorter than --epochs "
+            f"{fit_config.epochs}, so the KL weight never reaches --beta {fit_config.beta:g} and "
+            "the run ends on a down-weighted KL (raise --epochs)"
+        )
     torch.manual_seed(fit_config.seed)
     if run.model is not None:
         network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")

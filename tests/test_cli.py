@@ -188,3 +188,9 @@ def test_compare_refuses_runs_on_other_data_in_one_line(run_dir, tmp_path, capsy
     assert main(["compare", str(run_dir), str(other), "--num-samples", "5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "compare runs on the same data" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_warmup_as_long_as_the_run_is_noted(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "1", "--warmup", "1"]
+    assert main([*argv, "--eval-samples", "5", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "the KL weight never reaches --beta 1" in capsys.readouterr().out
