@@ -740,10 +740,11 @@ def _join(args: argparse.Namespace) -> None:
             f"ppl-vae {args.command} runs in one process; run it without torchrun (only train "
             "and evaluate share their work among processes)"
         )
-    device = args.device
-    if args.command != "train":
-        device = run_device(device, read_config(args.run_dir))
-    _, device = init_from_env(check_device(str(device)))
+    if args.command == "train":
+        device = check_device(args.device)
+    else:
+        device = run_device(args.device, read_config(args.run_dir))
+    _, device = init_from_env(device)
     args.device = str(device)
 
 

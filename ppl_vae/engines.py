@@ -68,13 +68,18 @@ class FastEngine:
         for w in self.weights:
             w.weight = weight
 
-    def step(self, batch: tuple) -> float:
-        loss = self.objective.differentiable_loss(self.model, self.guide, *batch) / len(batch[0])
+    def _loss(self, batch: tuple) -> Tensor:
+        """The objective's loss summed over ``batch``; an error when no parameter reaches it."""
+        loss = self.objective.differentiable_loss(self.model, self.guide, *batch)
         if not loss.requires_grad:
             raise ProgramError(
                 "the loss does not depend on any parameter of the program; register the "
                 "networks the model and guide use (pyro.module) or give fit their nn.Module"
             )
+        return loss
+
+    def step(self, batch: tuple) -> float:
+        loss = self._loss(batch) / len(batch[0])
         value = loss.item()
         if not math.isfinite(value):  # before any update: the parameters stay as they were
             raise NonFiniteLoss(value)
@@ -131,13 +136,7 @@ class DistributedEngine(FastEngine):
         self.optimizer.zero_grad(set_to_none=True)
         if n:
             try:
-                loss = self.objective.differentiable_loss(self.model, self.guide, *batch)
-                if not loss.requires_grad:
-                    raise ProgramError(
-                        "the loss does not depend on any parameter of the program; register "
-                        "the networks the model and guide use (pyro.module) or give fit their "
-                        "nn.Module"
-                    )
+                loss = self._loss(batch)
                 value = loss.item()
                 if math.isfinite(value):
                     loss.backward()
@@ -242,11 +241,11 @@ def negative_bound(
 
 def bound_terms(
     model: Callable, guide: Callable, batches: Any, seed: int | None
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """The ELBO's two terms per data point over ``batches``, each from one draw z ~ q per
     point: the reconstruction ``E_q[log p(x | z)]`` (every observed site) and the KL term
     ``E_q[log q(z | x) - log p(z)]`` (every latent site), unscaled (beta = 1); their
-    difference is the ELBO. Fixed draws when ``seed`` is set."""
+    difference is the ELBO; and the number of data points. Fixed draws when ``seed`` is set."""
     recon, kl, n = 0.0, 0.0, 0
     with torch.random.fork_rng():
         if seed is not None:
@@ -261,4 +260,4 @@ def bound_terms(
                     q = guide_trace.nodes[name]
                     kl += q["fn"].log_prob(q["value"]).sum().item() - log_p
             n += len(batch[0])
-    return recon / max(n, 1), kl / max(n, 1)
+    return recon / max(n, 1), kl / max(n, 1), n

@@ -566,7 +566,7 @@ class _Trainer:
                 self._val(),
                 self.config.seed,
             )
-            self.terms = bound_terms(self.program.model, self.program.guide, self._val(), 0)
+            recon, kl, n = bound_terms(self.program.model, self.program.guide, self._val(), 0)
         except ValueError as e:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "invalid values" not in first_line:
@@ -577,9 +577,9 @@ class _Trainer:
                 "(--warmup); the last good checkpoint is kept"
             ) from e
         if self.world.active:  # means over this process's rows -> means over all rows
-            n = sum(len(b[0]) for b in self._val())
-            total, recon, kl, n = sum_all([loss * n, self.terms[0] * n, self.terms[1] * n, n])
-            loss, self.terms = total / n, (recon / n, kl / n)
+            total, recon, kl, n = sum_all([loss * n, recon * n, kl * n, n])
+            loss, recon, kl = total / n, recon / n, kl / n
+        self.terms = recon, kl
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"{where}: the validation loss is {loss}; lower the learning rate (--lr); the "
