@@ -472,11 +472,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         run, data, x = _load_for_eval(argparse.Namespace(**{**vars(args), "run_dir": run_dir}))
         loaded.append((run, (data.spec or {}).get("dataset", data.name), x[: args.limit or None]))
     (_, name_a, x_a), (_, name_b, x_b) = loaded
-    if name_a != name_b or len(x_a) != len(x_b):
+    if x_a.shape != x_b.shape or not torch.equal(x_a, x_b.to(x_a)):
+        # pairing needs the very same points: same data set, binarization and its seed
         raise ValueError(
-            f"{args.run_a} was trained on {name_a} ({len(x_a)} {args.split} points) and "
-            f"{args.run_b} on {name_b} ({len(x_b)}); compare runs on the same data (or give "
-            "both --dataset)"
+            f"the {args.split} points of {args.run_a} ({name_a}, {len(x_a)}) and {args.run_b} "
+            f"({name_b}, {len(x_b)}) differ; compare runs on the same data (or give both "
+            "--dataset)"
         )
     per_point = [
         log_likelihood(run.program.model, run.program.guide, x, num_samples=args.num_samples,
@@ -484,22 +485,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         for run, _, x in loaded
     ]  # fmt: skip
     a, b = per_point
-    diff = a.log_px.double() - b.log_px.double()
-    n = len(diff)
+    lp_a, lp_b = a.log_px.double(), b.log_px.double()
+    diff, n = lp_a - lp_b, len(lp_a)
     out = {
         "split": args.split,
         "num_points": n,
         "num_samples": args.num_samples,
-        "log_likelihood_a": a.log_px.double().mean().item(),
-        "log_likelihood_b": b.log_px.double().mean().item(),
+        "log_likelihood_a": lp_a.mean().item(),
+        "log_likelihood_b": lp_b.mean().item(),
         "difference": diff.mean().item(),
         # the paired standard error: the spread of the per-point differences, not of each run
         "stderr_paired": (diff.std() / math.sqrt(n)).item() if n > 1 else math.nan,
-        "stderr_unpaired": math.sqrt(
-            (a.log_px.double().var() + b.log_px.double().var()).item() / n
-        )
-        if n > 1
-        else math.nan,
+        "stderr_unpaired": math.sqrt((lp_a.var() + lp_b.var()).item() / n) if n > 1 else math.nan,
         "monte_carlo_error": (a.stderr.double().pow(2) + b.stderr.double().pow(2))
         .sum()
         .sqrt()

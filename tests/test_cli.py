@@ -194,3 +194,14 @@ def test_a_warmup_as_long_as_the_run_is_noted(tmp_path, capsys):
     argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "1", "--warmup", "1"]
     assert main([*argv, "--eval-samples", "5", "--out", str(tmp_path), "--no-progress"]) == 0
     assert "the KL weight never reaches --beta 1" in capsys.readouterr().out
+
+
+def test_compare_refuses_the_same_data_set_binarized_otherwise(run_dir, tmp_path, capsys):
+    other = tmp_path / "static"
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "1"]
+    argv += ["--binarize", "static", "--seed", "5", "--eval-samples", "5"]
+    assert main([*argv, "--out", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(run_dir), str(other), "--num-samples", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "points of" in err and "differ" in err and len(err.splitlines()) == 1, err
