@@ -2,7 +2,9 @@
 
 from .data import DataSplits, load_dataset
 from .estimators import LogLikelihood, elbo, log_likelihood
+from .guides import FlowEncoder
 from .handlers import KLWeight, kl_weight, warmup_weight
+from .hierarchy import TwoLayerVAE
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -20,6 +22,8 @@ from .trackers import CSVTracker, MLflowTracker, TensorBoardTracker
 from .train import FitConfig, FitResult, fit, negative_bound
 
 __all__ = [
+    "FlowEncoder",
+    "TwoLayerVAE",
     "MLP",
     "PRESETS",
     "VAE",

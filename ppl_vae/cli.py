@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from .analysis import active_units, elbo_surgery, mutual_information_gap
 from .batching import check_finite
@@ -26,7 +27,7 @@ from .distributed import init_from_env, launched, leave, world
 from .estimators import elbo as elbo_per_point
 from .estimators import log_likelihood
 from .latents import INTERPOLATIONS, attribute_rows, interpolation_rows, traversal_rows
-from .program import ProgramError, check_observed
+from .program import ProgramError, check_observed, traces
 from .runs import (
     RunConfig,
     build_program,
@@ -162,7 +163,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if run.model is not None:
         network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")
         network += ("activation", "prior", "components", "pseudo_inputs", "flow_layers")
-        network += ("flow_type", "modes")
+        network += ("flow_type", "modes", "guide", "guide_flow_layers")
         ignored = [
             "--" + f.name.replace("_", "-")
             for f in dataclasses.fields(RunConfig)
@@ -295,6 +296,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _surgery_applies(program, x: torch.Tensor) -> bool:
+    """ELBO surgery splits the KL of one latent site ``z``, scoring ``encode``'s q at every
+    other point's code: not for several latent layers, nor for a guide whose density there
+    costs many network passes (a flow guide)."""
+    model_trace, _ = traces(program.model, program.guide, (x[:2],), {})
+    latent = [
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+    q = program.hook("encode")(x[:2])
+    return latent == ["z"] and not getattr(q, "costly_rescoring", False)
+
+
 @torch.no_grad()
 def _look_inside(program, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
     """Active units, ELBO surgery and, with factor labels (N, K), MIG, where the program has
@@ -302,15 +317,16 @@ def _look_inside(program, x: torch.Tensor, labels: torch.Tensor | None) -> dict[
     if program.hook("encode") is None:
         return {}
     count, _ = active_units(program, x)
-    surgery = elbo_surgery(program, x, num_samples=min(1000, len(x)))
-    out = {
-        "active_units": count,
-        "average_kl": surgery.average_kl,
-        "marginal_kl": surgery.marginal_kl,
-        "mutual_information": surgery.mutual_information,
-        "mutual_information_se": surgery.mutual_information_se,
-        "log_n": surgery.log_n,
-    }
+    out: dict[str, float] = {"active_units": count}
+    if _surgery_applies(program, x):
+        surgery = elbo_surgery(program, x, num_samples=min(1000, len(x)))
+        out.update(
+            average_kl=surgery.average_kl,
+            marginal_kl=surgery.marginal_kl,
+            mutual_information=surgery.mutual_information,
+            mutual_information_se=surgery.mutual_information_se,
+            log_n=surgery.log_n,
+        )
     if labels is not None and labels.dim() == 2 and labels.shape[1] > 0:
         codes = program.hook("encode")(x).mean
         if codes.shape[1] >= 2 and all(len(c.unique()) > 1 for c in labels.T):

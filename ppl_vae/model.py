@@ -14,7 +14,7 @@ from .likelihoods import Decoder, make_likelihood
 from .nets import GaussianEncoder
 from .priors import make_prior
 
-__all__ = ["PRESETS", "VAE", "build_vae"]
+__all__ = ["GUIDES", "PRESETS", "VAE", "build_vae"]
 
 
 class VAE(nn.Module):
@@ -132,7 +132,18 @@ PRESETS: dict[str, dict[str, object]] = {
     "seed": {"hidden": (300, 300), "z_dim": 50, "activation": "softplus"},
     "iwae": {"hidden": (200, 200), "z_dim": 50, "activation": "tanh"},
     "small": {"hidden": (128, 128), "z_dim": 8, "activation": "softplus"},
+    # the IWAE paper's two stochastic layers: 784-200-200-100 and 100-100-50, tanh
+    "iwae2": {
+        "hidden": (200, 200),
+        "z_dim": 100,
+        "activation": "tanh",
+        "top_hidden": (100, 100),
+        "top_z_dim": 50,
+    },
 }
+
+#: Guides of :func:`build_vae`: ``gaussian`` (diagonal), ``flow`` (Gaussian and IAF steps).
+GUIDES = ("gaussian", "flow")
 
 
 def build_vae(
@@ -144,11 +155,19 @@ def build_vae(
     prior: str = "normal",
     gaussian_scale: float = 1.0,
     learn_scale: bool = False,
+    guide: str = "gaussian",
+    guide_flow_layers: int = 2,
+    top_z_dim: int | None = None,
+    top_hidden: Sequence[int] | None = None,
     name: str = "vae",
     **prior_options: object,
 ) -> VAE:
     """Build an MLP VAE; the defaults are the seed network (784-300-300-50, softplus, Bernoulli).
 
+    ``guide="flow"`` makes q(z|x) a :class:`~ppl_vae.guides.FlowEncoder` with
+    ``guide_flow_layers`` IAF steps. ``top_z_dim`` adds a second stochastic layer of that size
+    above the first (``z_dim``), with hidden widths ``top_hidden`` in its two networks: a
+    :class:`~ppl_vae.hierarchy.TwoLayerVAE` whose prior is on the top layer.
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
     :func:`ppl_vae.priors.make_prior`; ``name`` prefixes the parameters in Pyro's param store.
     The arguments are kept as ``vae.recipe`` (plain numbers and strings; a tensor option such
@@ -170,6 +189,18 @@ def build_vae(
         "learn_scale": learn_scale,
         **{k: v for k, v in prior_options.items() if isinstance(v, (int, float, str, bool))},
     }
+    if guide not in GUIDES:
+        raise ValueError(f"unknown guide {guide!r}; choose one of {list(GUIDES)}")
+    if guide != "gaussian":
+        recipe.update(guide=guide, guide_flow_layers=guide_flow_layers)
+    if top_z_dim is not None:
+        top_hidden = tuple(top_hidden) if top_hidden is not None else tuple(hidden)
+        recipe.update(top_z_dim=top_z_dim, top_hidden=list(top_hidden))
+    if prior == "polymodal" and (guide != "gaussian" or top_z_dim is not None):
+        raise ValueError(
+            "the polymodal latent brings its own guide and one layer; drop --guide flow and "
+            "the two-layer preset, or choose another prior"
+        )
     if prior == "polymodal":  # its guide differs too, so it is a VAE subclass of its own
         from .polymodal import build_polymodal_vae
 
@@ -186,10 +217,28 @@ def build_vae(
         )
         vae.recipe = {"builder": "build_vae", "kwargs": recipe}
         return vae
-    encoder = GaussianEncoder(x_dim, z_dim, hidden, activation)
+
+    def make_encoder(n_in: int, n_out: int, widths: Sequence[int]) -> nn.Module:
+        if guide == "flow":
+            from .guides import FlowEncoder
+
+            return FlowEncoder(n_in, n_out, widths, activation, layers=guide_flow_layers)
+        return GaussianEncoder(n_in, n_out, widths, activation)
+
+    encoder = make_encoder(x_dim, z_dim, hidden)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
-    p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
-    vae = VAE(encoder, decoder, p, name=name)
+    if top_z_dim is None:
+        p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
+        vae = VAE(encoder, decoder, p, name=name)
+    else:
+        from .hierarchy import StackedEncoder, TwoLayerVAE
+
+        top = make_encoder(z_dim, top_z_dim, top_hidden)
+        # p(z1|z2): the same Gaussian network shape, from the top code down
+        upper = GaussianEncoder(top_z_dim, z_dim, tuple(reversed(top_hidden)), activation)
+        stacked = StackedEncoder(encoder, top)
+        p = make_prior(prior, top_z_dim, encoder=stacked, x_dim=x_dim, **prior_options)
+        vae = TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
     vae.recipe = {"builder": "build_vae", "kwargs": recipe}
     return vae

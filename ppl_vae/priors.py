@@ -148,7 +148,10 @@ class VampPrior(nn.Module):
         self.u = nn.Parameter(init.detach().clone().to(torch.get_default_dtype()))
 
     def forward(self) -> dist.Distribution:
-        comp = self.encoder(self.u)  # batch (K,), event (z_dim,)
+        # A flow guide's density away from its own draws costs z_dim passes per step, so the
+        # components are its base Gaussians there: still a normalized mixture, tied to the guide
+        encode = getattr(self.encoder, "gaussian", self.encoder)
+        comp = encode(self.u)  # batch (K,), event (z_dim,)
         logits = self.u.new_zeros(self.pseudo_inputs)
         base = getattr(comp, "base_dist", None)
         if isinstance(base, torch.distributions.Normal) and comp.reinterpreted_batch_ndims == 1:

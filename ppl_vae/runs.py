@@ -18,7 +18,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import BINARIZE, DataSplits, binarize_splits, load_dataset
 from .likelihoods import LIKELIHOODS
-from .model import PRESETS, build_vae
+from .model import GUIDES, PRESETS, build_vae
 from .preflight import first_trace
 from .priors import FLOW_TYPES, PRIORS
 from .program import Program, ProgramError, as_program, binary_observation
@@ -65,11 +65,23 @@ class RunConfig:
     likelihood: str = _opt("bernoulli", "p(x|z)", LIKELIHOODS)
     gaussian_scale: float = _opt(1.0, "the Gaussian likelihood's (initial) standard deviation")
     learn_scale: bool = _opt(False, "learn the Gaussian likelihood's scale per feature")
-    preset: str = _opt("seed", "named network", tuple(PRESETS))
+    preset: str = _opt(
+        "seed",
+        "named network: seed 784-300-300-50 softplus, iwae 784-200-200-50 tanh, iwae2 the IWAE "
+        "paper's two stochastic layers (784-200-200-100, 100-100-50, tanh), small",
+        tuple(PRESETS),
+    )
     hidden: str | None = _opt(None, "hidden widths, e.g. 300,300 (default: the preset's)")
     z_dim: int | None = _opt(None, "latent dimensions (default: the preset's)")
     activation: str | None = _opt(None, "hidden nonlinearity (default: the preset's)")
-    prior: str = _opt("normal", "p(z)", PRIORS)
+    guide: str = _opt(
+        "gaussian",
+        "q(z|x): gaussian (diagonal), or flow (a Gaussian and inverse autoregressive flow "
+        "steps conditioned on x, Kingma et al. 2016)",
+        GUIDES,
+    )
+    guide_flow_layers: int = _opt(2, "flow guide: number of IAF steps")
+    prior: str = _opt("normal", "p(z) (of the top layer with --preset iwae2)", PRIORS)
     components: int = _opt(10, "mixture prior: number of Gaussians")
     pseudo_inputs: int = _opt(500, "VampPrior: number of learnable pseudo-inputs")
     flow_layers: int = _opt(4, "flow prior: number of layers")
@@ -97,7 +109,14 @@ class RunConfig:
     def check(self) -> None:
         """A ``ValueError`` naming the flag when a size or count is out of range, or the
         device is not there; before anything is loaded or written."""
-        for name in ("z_dim", "components", "pseudo_inputs", "flow_layers", "modes"):
+        for name in (
+            "z_dim",
+            "guide_flow_layers",
+            "components",
+            "pseudo_inputs",
+            "flow_layers",
+            "modes",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -152,10 +171,16 @@ class RunConfig:
             "x_dim": x_dim,
             **net,
             "hidden": list(net["hidden"]),
+            **({"top_hidden": list(net["top_hidden"])} if "top_hidden" in net else {}),
             "likelihood": self.likelihood,
             "prior": self.prior,
             "gaussian_scale": self.gaussian_scale,
             "learn_scale": self.learn_scale,
+            **(
+                {"guide": self.guide, "guide_flow_layers": self.guide_flow_layers}
+                if self.guide != "gaussian"
+                else {}
+            ),
             **{k: v for k, v in prior_options.items() if v is not None},
         }
         return {"builder": "build_vae", "kwargs": kwargs}
