@@ -1,0 +1,237 @@
+"""MNIST at the papers' budgets: every row trained and evaluated the same way, in one table.
+
+Each row is a ``ppl-vae train`` run folder under ``--out`` (one folder per row, named after
+it), so a row can be resumed, inspected, drawn, and compared with another by
+``ppl-vae compare OUT/ROW_A OUT/ROW_B``. A row that has a checkpoint is resumed up to
+``--epochs`` (a stop loses at most the epoch under way); one evaluated at that budget is
+read back from its ``eval-K<samples>-n<points>.json``. Evaluation: ``ppl-vae evaluate`` on
+the test split with K = ``--samples`` importance samples per point (5000 on all 10,000 test
+images in the papers), draws seeded, so two rows are scored on the same points and draws.
+
+Columns: test NLL (mean over points, standard error over points), test -ELBO, the average
+KL(q(z|x) || p(z)) from ELBO surgery (one-latent-site rows with a Gaussian guide; "-"
+elsewhere), active units (Burda et al.: Cov_x E_q[z_u] > 0.01, of the code ``encode``
+gives), the share of points with PSIS Pareto k > 0.7 (where the estimate is biased low and its
+Monte Carlo error understated), training and evaluation wall time.
+
+Usage (from the repository root; MNIST's IDX files in ``../shared/data/mnist``)::
+
+    nice python benchmarks/mnist.py --epochs 30                       # every row, 30 epochs
+    nice python benchmarks/mnist.py --epochs 30 --rows seed seed-stl   # some rows
+    python benchmarks/mnist.py --dataset mnist5k --epochs 1 --samples 20 --test-limit 50 \\
+        --rows seed two-layer --out /tmp/mnist-smoke                   # a smoke run
+
+Data: dynamically binarized MNIST (``--binarize static`` for one fixed draw), trained on all
+60,000 training images as in the IWAE paper (``--val-size 0``; give 10000 to hold out a
+validation split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ppl_vae.cli import main as cli
+
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+
+#: row name -> (what it is, the ``ppl-vae train`` flags that make it)
+ROWS: dict[str, tuple[str, list[str]]] = {
+    # the seed network 784-300-300-50 softplus; objective x warm-up, for the defaults
+    "seed": ("seed net, analytic KL (auto), no warm-up", ["--preset", "seed"]),
+    "seed-warmup": (
+        "seed net, analytic KL, 3-epoch warm-up",
+        ["--preset", "seed", "--warmup", "3"],
+    ),
+    "seed-stl": ("seed net, STL, no warm-up", ["--preset", "seed", "--objective", "stl"]),
+    "seed-stl-warmup": (
+        "seed net, STL, 3-epoch warm-up",
+        ["--preset", "seed", "--objective", "stl", "--warmup", "3"],
+    ),
+    # the IWAE paper's one-layer network 784-200-200-50 tanh
+    "iwae-vae": ("IWAE paper 1 layer, VAE (analytic KL)", ["--preset", "iwae"]),
+    "iwae-k5": (
+        "IWAE paper 1 layer, IWAE k=5",
+        ["--preset", "iwae", "--objective", "iwae", "--particles", "5"],
+    ),
+    "iwae-dreg5": (
+        "IWAE paper 1 layer, IWAE-DReG k=5",
+        ["--preset", "iwae", "--objective", "iwae-dreg", "--particles", "5"],
+    ),
+    "iwae-k50": (
+        "IWAE paper 1 layer, IWAE k=50",
+        ["--preset", "iwae", "--objective", "iwae", "--particles", "50"],
+    ),
+    "iwae-dreg50": (
+        "IWAE paper 1 layer, IWAE-DReG k=50",
+        ["--preset", "iwae", "--objective", "iwae-dreg", "--particles", "50"],
+    ),
+    # learned priors on the seed network (no closed-form KL: auto trains them with STL)
+    "mixture": ("seed net, mixture prior (10)", ["--prior", "mixture", "--warmup", "3"]),
+    "vamp": ("seed net, VampPrior (500)", ["--prior", "vamp", "--warmup", "3"]),
+    "flow-prior": ("seed net, flow prior (4 coupling)", ["--prior", "flow", "--warmup", "3"]),
+    "polymodal": ("seed net, polymodal latent (3)", ["--prior", "polymodal", "--warmup", "3"]),
+    # the flow guide
+    "flow-guide": ("seed net, IAF guide (2 steps)", ["--guide", "flow", "--warmup", "3"]),
+    "flow-guide-vamp": (
+        "seed net, IAF guide, VampPrior",
+        ["--guide", "flow", "--prior", "vamp", "--warmup", "3"],
+    ),
+    # two stochastic layers
+    "two-layer": ("IWAE paper 2 layers, VAE (STL)", ["--preset", "iwae2", "--warmup", "3"]),
+    "two-layer-k5": (
+        "IWAE paper 2 layers, IWAE k=5",
+        ["--preset", "iwae2", "--objective", "iwae", "--particles", "5"],
+    ),
+}
+
+#: published test NLLs (nats; K = 5000 unless said), for the README table
+PUBLISHED = {
+    "IWAE paper, 1 layer, VAE (dynamic)": 86.76,
+    "IWAE paper, 1 layer, IWAE k=5": 85.54,
+    "IWAE paper, 1 layer, IWAE k=50": 84.78,
+    "IWAE paper, 2 layers, VAE": 85.33,
+    "IWAE paper, 2 layers, IWAE k=50": 82.90,
+    "VampPrior paper, 1 layer, VampPrior": 85.57,
+    "pythae 0.1.2 reproductions (static): VAE": 89.78,
+    "pythae 0.1.2 reproductions (static): VAMP": 85.79,
+    "pythae 0.1.2 reproductions (static): IWAE": 86.82,
+}
+
+
+def _quiet(argv: list[str]) -> tuple[int, str]:
+    """``ppl-vae ARGV`` in this process; its exit code and what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli(argv)
+    return code, out.getvalue()
+
+
+def train_row(name: str, args: argparse.Namespace) -> dict:
+    """Train (or resume) the row's run folder up to ``--epochs``; its metrics.json."""
+    folder = Path(args.out) / name
+    flags = ["train", *ROWS[name][1], "--out", str(folder), "--epochs", str(args.epochs)]
+    flags += ["--dataset", args.dataset, "--binarize", args.binarize, "--seed", str(args.seed)]
+    flags += ["--eval-samples", "2", "--no-progress"]  # the table's evaluation comes next
+    if args.dataset in ("mnist", "fashion-mnist", "kmnist"):
+        flags += ["--data-dir", args.data_dir, "--val-size", str(args.val_size)]
+    if args.lr_schedule != "constant":
+        flags += ["--lr-schedule", args.lr_schedule]
+    done = folder / "metrics.json"
+    if done.is_file() and json.loads(done.read_text()).get("epochs") == args.epochs:
+        return json.loads(done.read_text())
+    if (folder / "checkpoint.pt").is_file():
+        flags.append("--resume")
+    code, printed = _quiet(flags)
+    if code != 0:
+        raise SystemExit(f"row {name}: ppl-vae train failed ({code}):\n{printed}")
+    return json.loads(done.read_text())
+
+
+def evaluate_row(name: str, args: argparse.Namespace) -> dict:
+    """``ppl-vae evaluate`` on the test split, K = ``--samples``; cached per budget."""
+    folder = Path(args.out) / name
+    cache = folder / f"eval-K{args.samples}-n{args.test_limit or 'all'}.json"
+    epochs = json.loads((folder / "metrics.json").read_text())["epochs"]
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("trained_epochs") == epochs:
+            return saved
+    flags = ["evaluate", str(folder), "--num-samples", str(args.samples), "--json"]
+    flags += ["--limit", str(args.test_limit), "--seed", str(args.seed)]
+    if args.dataset in ("mnist", "fashion-mnist", "kmnist"):
+        flags += ["--data-dir", args.data_dir]
+    started = time.perf_counter()
+    code, printed = _quiet(flags)
+    if code != 0:
+        raise SystemExit(f"row {name}: ppl-vae evaluate failed ({code}):\n{printed}")
+    result = json.loads(printed)
+    result.update(trained_epochs=epochs, eval_seconds=time.perf_counter() - started)
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def table(results: dict[str, tuple[dict, dict]], args: argparse.Namespace) -> str:
+    lines = [
+        f"{args.dataset}, {args.binarize} binarization, {args.epochs} epochs, seed {args.seed}; "
+        f"test: K = {args.samples} on {args.test_limit or 'all'} points",
+        "| row | what | test NLL | +- (points) | test -ELBO | avg KL | active units | "
+        "Pareto k > 0.7 | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, (trained, ev) in results.items():
+        lines.append(
+            f"| {name} | {ROWS[name][0]} | {_fmt(-ev['log_likelihood'])} | "
+            f"{_fmt(ev['stderr_points'])} | {_fmt(-ev['elbo'])} | "
+            f"{_fmt(ev.get('average_kl'))} | {ev.get('active_units', '-')} | "
+            f"{_fmt(100 * ev['share_pareto_k_above_0.7'], 1)}% | "
+            f"{trained['train_seconds']:.0f} | {ev['eval_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
+    p.add_argument("--epochs", type=int, default=30, help="epoch budget of every row")
+    p.add_argument("--samples", type=int, default=5000, help="K for the test log p(x)")
+    p.add_argument("--test-limit", type=int, default=0, help="first N test points (0: all)")
+    p.add_argument("--dataset", default="mnist", help="mnist, or mnist5k for a smoke run")
+    p.add_argument("--data-dir", default=str(MNIST_DIR), help="MNIST's IDX files")
+    p.add_argument("--binarize", default="dynamic", choices=("dynamic", "static"))
+    p.add_argument("--val-size", type=int, default=0, help="held-out training images")
+    p.add_argument("--lr-schedule", default="constant", help="as ppl-vae train's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/mnist", help="folder of the row folders")
+    p.add_argument("--table", default=None, help="also write the table to this file")
+    args = p.parse_args(argv)
+    if args.dataset == "mnist" and not any(Path(args.data_dir).rglob("train-images*")):
+        p.error(f"no MNIST IDX files in {args.data_dir}; pass --data-dir")
+    return args
+
+
+def run(argv: list[str] | None = None) -> str:
+    args = parse(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in args.rows:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: training", flush=True)
+        trained = train_row(name, args)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: evaluating", flush=True)
+        results[name] = (trained, evaluate_row(name, args))
+        nll = -results[name][1]["log_likelihood"]
+        print(f"    test NLL {nll:.2f}", flush=True)
+    text = f"{machine()}\n\n{table(results, args)}"
+    print(text)
+    if args.table:
+        Path(args.table).write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
+    sys.exit(0)
