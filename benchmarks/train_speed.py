@@ -5,6 +5,12 @@ the same binarized MNIST rows, one epoch per measurement, the variants interleav
 process; the table shows the median over repeats and the ratio to plain PyTorch. With
 ``--quality`` it also trains ppl_vae and plain PyTorch for 10 epochs and compares test NLL.
 
+A second table times the importance-weighted bound at ``--iwae-k`` particles (50 by default;
+0 skips it) on the same network: ``fit`` with ``objective="iwae"`` and ``"iwae-dreg"``
+(vectorized particles) against a hand-written batched PyTorch IWAE step and pythae 0.1.2's
+IWAE model driven by its own ``BaseTrainer`` (when pythae is installed), on ``--iwae-rows``
+rows, interleaved in one process.
+
     python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--repeats 7] [--quality]
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +27,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from _machine import STEP_FLOP, cpu_model, matmul_peak  # benchmarks/ is on sys.path
+from _machine import DECODER_MACS, ENCODER_MACS, STEP_FLOP, cpu_model, matmul_peak
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from ppl_vae import build_vae, fit
@@ -68,6 +75,144 @@ def user_functions(vae):
     return model, guide
 
 
+def plain_iwae_epoch(vae, opt, x, gen, k, batch_size=100):
+    """A hand-written batched IWAE step (Burda et al. 2016), as a user writes it: encode once,
+    K reparameterized draws per image, one decoder pass over the K x B codes, log-mean-exp."""
+    perm = torch.randperm(len(x), generator=gen)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    for i in range(0, len(x), batch_size):
+        xb = torch.bernoulli(x[perm[i : i + batch_size]], generator=gen)
+        loc, log_var = vae.encoder.net(xb).chunk(2, -1)
+        std = torch.exp(0.5 * log_var)
+        eps = torch.randn((k, *loc.shape))
+        z = loc + std * eps  # (K, B, D)
+        logits = vae.decoder.net(z)  # (K, B, 784)
+        log_px = -torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, xb.expand_as(logits), reduction="none"
+        ).sum(-1)
+        log_w = log_px + normal.log_prob(z).sum(-1) - (normal.log_prob(eps) - std.log()).sum(-1)
+        loss = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def pythae_iwae(vae, k):
+    """pythae 0.1.2's IWAE on the same networks (their modules, shared), or None."""
+    try:
+        from pythae.models import IWAE, IWAEConfig
+        from pythae.models.base.base_utils import ModelOutput
+        from pythae.models.nn import BaseDecoder, BaseEncoder
+    except ImportError:
+        return None
+
+    class Enc(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = vae.encoder.net
+
+        def forward(self, x):
+            loc, log_var = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
+            return ModelOutput(embedding=loc, log_covariance=log_var)
+
+    class Dec(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = vae.decoder.net
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
+
+    config = IWAEConfig(
+        input_dim=(784,), latent_dim=vae.z_dim, reconstruction_loss="bce", number_samples=k
+    )
+    return IWAE(config, encoder=Enc(), decoder=Dec())
+
+
+def pythae_epoch(model, x, gen, folder):
+    """One epoch of pythae's own trainer on a fresh binarization of ``x`` (its data are static
+    within an epoch), Adam at lr 1e-3, batch 100."""
+    import logging
+
+    from pythae.data.datasets import BaseDataset
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    for name in ("pythae", "pythae.trainers.base_trainer.base_trainer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    xb = torch.bernoulli(x, generator=gen)
+    config = BaseTrainerConfig(
+        output_dir=str(folder),
+        per_device_train_batch_size=100,
+        num_epochs=1,
+        learning_rate=1e-3,
+        no_cuda=True,
+    )
+    dataset = BaseDataset(xb, torch.zeros(len(xb)))
+    trainer = BaseTrainer(model, train_dataset=dataset, training_config=config)
+    trainer.train()
+
+
+def iwae_table(base, x, k, repeats, peak) -> None:
+    """The IWAE and DReG rows: ms per step against the hand-written batched IWAE step."""
+    import tempfile
+
+    train_only = dataclasses.replace(load_dataset("mnist5k"), train=x, val=None)
+    train_only = dataclasses.replace(train_only, spec=None)
+    plain_vae = plain_copy(base)
+    plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
+    iwae_vae, dreg_vae = copy.deepcopy(base), copy.deepcopy(base)
+    gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "pythae")}
+    folder = Path(tempfile.mkdtemp(prefix="pythae-"))
+    variants = {
+        f"plain PyTorch batched IWAE step (k={k})": lambda: plain_iwae_epoch(
+            plain_vae, plain_opt, x, gens["plain"], k
+        ),
+        f"ppl_vae.fit, objective='iwae' (k={k})": lambda: fit(
+            iwae_vae, train_only, epochs=1, objective="iwae", particles=k, progress=False
+        ),
+        f"ppl_vae.fit, objective='iwae-dreg' (k={k})": lambda: fit(
+            dreg_vae, train_only, epochs=1, objective="iwae-dreg", particles=k, progress=False
+        ),
+    }
+    pmodel = pythae_iwae(plain_copy(base), k)
+    if pmodel is not None:
+        variants[f"pythae 0.1.2 IWAE, its BaseTrainer (k={k})"] = lambda: pythae_epoch(
+            pmodel, x, gens["pythae"], folder
+        )
+    else:
+        print("pythae is not installed: its row is skipped (pip install pythae==0.1.2 --no-deps)")
+    steps = -(-len(x) // 100)
+    times = {name: [] for name in variants}
+    for run in variants.values():  # warm-up
+        run()
+    for _ in range(repeats):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) / steps * 1e3)
+    flop = 2 * 3 * (ENCODER_MACS + k * DECODER_MACS) * 100
+    ref_name = next(iter(variants))
+    ref = statistics.median(times[ref_name])
+    print(
+        f"\nIWAE, seed network, {len(x)} rows, batch 100, k = {k}: {flop / 1e9:.1f} GFLOP of "
+        f"matrix products a step; median of {repeats}"
+    )
+    print(
+        "\n| variant | ms per step | ratio to plain PyTorch | range of ratios | GFLOP/s "
+        "| % of peak |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, ts in times.items():
+        ratios = [t / r for t, r in zip(ts, times[ref_name], strict=True)]
+        med = statistics.median(ts)
+        rate = flop / med / 1e6
+        print(
+            f"| {name} | {med:.1f} | {med / ref:.3f} | {min(ratios):.2f}-{max(ratios):.2f} | "
+            f"{rate:.0f} | {100 * rate / peak:.0f} |"
+        )
+
+
 def svi_epoch(svi, x, gen, batch_size=100):
     """Bare Pyro: SVI + TraceMeanField_ELBO + pyro.optim.Adam, as Pyro's VAE example does."""
     perm = torch.randperm(len(x), generator=gen)
@@ -82,6 +227,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quality", action="store_true", help="also compare 10-epoch NLL")
+    parser.add_argument("--iwae-k", type=int, default=50, help="IWAE table's k (0: skip it)")
+    parser.add_argument("--iwae-rows", type=int, default=2000, help="rows per IWAE epoch")
+    parser.add_argument("--only-iwae", action="store_true", help="only the IWAE table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +246,13 @@ def main() -> None:
 
     def clone():
         return copy.deepcopy(base)
+
+    if args.only_iwae:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_model()}")
+        peak = matmul_peak()
+        print(f"float32 1024-square matrix product: {peak:.0f} GFLOP/s")
+        iwae_table(base, data.train[: args.iwae_rows], args.iwae_k, args.repeats, peak)
+        return
 
     plain_vae, fast_vae, svi_fit_vae = plain_copy(base), clone(), clone()
     svi_vae = plain_copy(base)  # Pyro's example as users write it: nn.Softplus, dist.Bernoulli
@@ -159,6 +314,8 @@ def main() -> None:
         times["ppl_vae.fit(model, guide) on user-written functions (pyro.module)"]
     )
     print(f"\nuser-written functions / built-in VAE, both through fit: {user / builtin:.3f}")
+    if args.iwae_k:
+        iwae_table(base, data.train[: args.iwae_rows], args.iwae_k, args.repeats, peak)
     if args.quality:
         quality(data)
 
