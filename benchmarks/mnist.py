@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import platform
@@ -42,6 +43,7 @@ import torch
 from ppl_vae.cli import main as cli
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _peers, run from anywhere
 
 #: row name -> (what it is, the ``ppl-vae train`` flags that make it)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -93,6 +95,14 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 
+#: peer rows: row name -> (what it is, our preset and prior holding the networks, the trainer)
+PEERS: dict[str, tuple[str, str, str, str]] = {
+    "plain-vae": ("seed net, hand-written PyTorch VAE", "seed", "normal", "plain"),
+    "pythae-vae": ("seed net, pythae 0.1.2 VAE", "seed", "normal", "vae"),
+    "pythae-vamp": ("seed net, pythae 0.1.2 VAMP (500, warm-up 3)", "seed", "vamp", "vamp"),
+    "pythae-iwae5": ("IWAE paper 1 layer, pythae 0.1.2 IWAE k=5", "iwae", "normal", "iwae"),
+}
+
 #: published test NLLs (nats; K = 5000 unless said), for the README table
 PUBLISHED = {
     "IWAE paper, 1 layer, VAE (dynamic)": 86.76,
@@ -136,6 +146,66 @@ def train_row(name: str, args: argparse.Namespace) -> dict:
     return json.loads(done.read_text())
 
 
+def train_peer(name: str, args: argparse.Namespace) -> dict:
+    """Train a peer on our networks, then write them as a ppl-vae run folder (one epoch of
+    ``fit`` at lr 0, which leaves every weight as the peer left it), so that ``ppl-vae
+    evaluate`` and ``ppl-vae compare`` score it exactly as our rows. Not resumable inside the
+    row: a stop retrains it."""
+    import _peers
+
+    from ppl_vae.data import binarize_splits
+    from ppl_vae.runs import RunConfig, build_program, load_data
+    from ppl_vae.train import fit
+
+    what, preset, prior, trainer = PEERS[name]
+    folder = Path(args.out) / name
+    done = folder / "metrics.json"
+    if done.is_file() and json.loads(done.read_text()).get("epochs") == args.epochs:
+        return json.loads(done.read_text())
+    mnist = args.dataset in ("mnist", "fashion-mnist", "kmnist")
+    run = RunConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir if mnist else None,
+        val_size=args.val_size if mnist else None,
+        preset=preset,
+        prior=prior,
+        binarize=args.binarize,
+        eval_samples=2,
+    )
+    raw = load_data(dataclasses.replace(run, binarize="none"), seed=args.seed)
+    torch.manual_seed(args.seed)
+    program = build_program(run.recipe(raw.x_dim), raw.x_dim)
+    data = binarize_splits(raw, args.binarize, args.seed)
+    vae, dynamic = program.source, args.binarize == "dynamic"
+    started = time.perf_counter()
+    if trainer == "plain":
+        _peers.train_plain(vae, data.train, args.epochs, dynamic, args.seed)
+    else:
+        model = _peers.pythae_model(trainer, vae, k=5, components=500, warmup=3)
+        if model is None:
+            raise SystemExit(f"row {name} needs pythae: pip install pythae==0.1.2 --no-deps")
+        _peers.train_pythae(model, data.train, args.epochs, dynamic, args.seed)
+        if trainer == "vamp":
+            with torch.no_grad():
+                vae.prior.u.copy_(_peers.vamp_pseudo_inputs(model))
+    seconds = time.perf_counter() - started
+    info = {"run": dataclasses.asdict(run), "peer": what, "peer_epochs": args.epochs}
+    with contextlib.redirect_stdout(io.StringIO()):
+        fit(
+            program,
+            data,
+            epochs=1,
+            lr=0.0,
+            out=folder,
+            overwrite=True,
+            progress=False,
+            run_info=info,
+        )
+    metrics = {"epochs": args.epochs, "train_seconds": seconds, "peer": what}
+    done.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
 def evaluate_row(name: str, args: argparse.Namespace) -> dict:
     """``ppl-vae evaluate`` on the test split, K = ``--samples``; cached per budget."""
     folder = Path(args.out) / name
@@ -173,7 +243,7 @@ def table(results: dict[str, tuple[dict, dict]], args: argparse.Namespace) -> st
     ]
     for name, (trained, ev) in results.items():
         lines.append(
-            f"| {name} | {ROWS[name][0]} | {_fmt(-ev['log_likelihood'])} | "
+            f"| {name} | {(ROWS.get(name) or PEERS[name])[0]} | {_fmt(-ev['log_likelihood'])} | "
             f"{_fmt(ev['stderr_points'])} | {_fmt(-ev['elbo'])} | "
             f"{_fmt(ev.get('average_kl'))} | {ev.get('active_units', '-')} | "
             f"{_fmt(100 * ev['share_pareto_k_above_0.7'], 1)}% | "
@@ -196,7 +266,9 @@ def machine() -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
+    p.add_argument(
+        "--rows", nargs="+", default=[*ROWS, *PEERS], choices=[*ROWS, *PEERS], metavar="ROW"
+    )
     p.add_argument("--epochs", type=int, default=30, help="epoch budget of every row")
     p.add_argument("--samples", type=int, default=5000, help="K for the test log p(x)")
     p.add_argument("--test-limit", type=int, default=0, help="first N test points (0: all)")
@@ -220,7 +292,7 @@ def run(argv: list[str] | None = None) -> str:
     results = {}
     for name in args.rows:
         print(f"[{time.strftime('%H:%M:%S')}] {name}: training", flush=True)
-        trained = train_row(name, args)
+        trained = train_peer(name, args) if name in PEERS else train_row(name, args)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: evaluating", flush=True)
         results[name] = (trained, evaluate_row(name, args))
         nll = -results[name][1]["log_likelihood"]

@@ -1,0 +1,117 @@
+"""The peers on our networks: pythae 0.1.2's VAE, IWAE and VAMP, and a hand-written PyTorch VAE.
+
+Each trains the very modules of a ``ppl_vae`` model (the encoder's and decoder's MLPs are
+shared, not copied), so after training the model is scored by our estimator exactly as our own
+rows are: same networks, same test points, same importance-sampling draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+
+import torch
+from torch import nn
+
+__all__ = ["pythae_model", "train_plain", "train_pythae"]
+
+
+def pythae_model(kind: str, vae: nn.Module, k: int = 5, components: int = 500, warmup: int = 0):
+    """pythae's ``kind`` ("vae", "iwae" or "vamp") around ``vae``'s networks, or None when
+    pythae is not installed. pythae's decoders output Bernoulli means (a sigmoid), scored by
+    its binary cross-entropy."""
+    try:
+        from pythae.models import IWAE, VAE, VAMP, IWAEConfig, VAEConfig, VAMPConfig
+        from pythae.models.base.base_utils import ModelOutput
+        from pythae.models.nn import BaseDecoder, BaseEncoder
+    except ImportError:
+        return None
+
+    class Enc(BaseEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = vae.encoder.net
+
+        def forward(self, x):
+            loc, log_var = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
+            return ModelOutput(embedding=loc, log_covariance=log_var)
+
+    class Dec(BaseDecoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = vae.decoder.net
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
+
+    common = {"input_dim": (vae.x_dim,), "latent_dim": vae.z_dim, "reconstruction_loss": "bce"}
+    if kind == "vae":
+        return VAE(VAEConfig(**common), encoder=Enc(), decoder=Dec())
+    if kind == "iwae":
+        return IWAE(IWAEConfig(**common, number_samples=k), encoder=Enc(), decoder=Dec())
+    if kind == "vamp":
+        config = VAMPConfig(**common, number_components=components, linear_scheduling_steps=warmup)
+        return VAMP(config, encoder=Enc(), decoder=Dec())
+    raise ValueError(f"unknown pythae model {kind!r}")
+
+
+def train_pythae(model, train: torch.Tensor, epochs: int, dynamic: bool, seed: int) -> None:
+    """``epochs`` epochs of pythae's own ``BaseTrainer`` (Adam, lr 1e-3, batch 100), one
+    trainer for the whole run so Adam's state carries over; ``dynamic``: every image is drawn
+    afresh from its grey levels each time the trainer reads it."""
+    from pythae.data.datasets import BaseDataset, DatasetOutput
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    for name in ("pythae", "pythae.trainers.base_trainer.base_trainer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    class Dynamic(BaseDataset):
+        def __getitem__(self, index):
+            return DatasetOutput(data=torch.bernoulli(self.data[index]), labels=self.labels[index])
+
+    dataset = (Dynamic if dynamic else BaseDataset)(train, torch.zeros(len(train)))
+    config = BaseTrainerConfig(
+        output_dir=tempfile.mkdtemp(prefix="pythae-"),
+        per_device_train_batch_size=100,
+        num_epochs=epochs,
+        learning_rate=1e-3,
+        no_cuda=True,
+        seed=seed,
+    )
+    BaseTrainer(model, train_dataset=dataset, training_config=config).train()
+
+
+def vamp_pseudo_inputs(model) -> torch.Tensor:
+    """pythae VAMP's learned pseudo-inputs, shape (components, x_dim)."""
+    with torch.no_grad():
+        return model.pseudo_inputs(torch.eye(model.number_components)).reshape(
+            model.number_components, -1
+        )
+
+
+def train_plain(
+    vae: nn.Module, train: torch.Tensor, epochs: int, dynamic: bool, seed: int
+) -> None:
+    """A hand-written PyTorch VAE on ``vae``'s networks: analytic KL to N(0, I), one draw, the
+    Bernoulli log-likelihood by ``binary_cross_entropy_with_logits``, Adam lr 1e-3, batch 100,
+    shuffled every epoch; ``dynamic``: every batch drawn afresh from its grey levels."""
+    params = list(vae.encoder.net.parameters()) + list(vae.decoder.net.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=gen)
+        for i in range(0, len(train), 100):
+            x = train[order[i : i + 100]]
+            if dynamic:
+                x = torch.bernoulli(x, generator=gen)
+            loc, log_var = vae.encoder.net(x).chunk(2, -1)
+            z = loc + torch.exp(0.5 * log_var) * torch.randn_like(loc)
+            recon = nn.functional.binary_cross_entropy_with_logits(
+                vae.decoder.net(z), x, reduction="none"
+            ).sum(-1)
+            kl = 0.5 * (loc**2 + log_var.exp() - 1 - log_var).sum(-1)
+            loss = (recon + kl).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
