@@ -29,10 +29,11 @@ import threading
 import time
 from pathlib import Path
 
+import _peers  # benchmarks/ is on sys.path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _machine import cpu_model, loglik_flop, matmul_peak  # benchmarks/ is on sys.path
+from _machine import cpu_model, loglik_flop, matmul_peak
 
 from ppl_vae import build_vae
 from ppl_vae.estimators import log_likelihood
@@ -86,40 +87,14 @@ def ours(vae, x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def pythae_model(vae):
-    """The same networks wrapped as a pythae VAE, or None if pythae is not installed."""
-    try:
-        from pythae.models import VAE as PVAE
-        from pythae.models import VAEConfig
-        from pythae.models.base.base_utils import ModelOutput
-        from pythae.models.nn import BaseDecoder, BaseEncoder
-    except ImportError:
-        return None
-
-    class Enc(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.net = vae.encoder.net
-
-        def forward(self, x):
-            loc, log_var = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
-            return ModelOutput(embedding=loc, log_covariance=log_var)
-
-    class Dec(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.net = vae.decoder.net
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)).reshape(-1, 1, 28, 28))
-
-    config = VAEConfig(input_dim=(1, 28, 28), latent_dim=50, reconstruction_loss="bce")
-    return PVAE(config, encoder=Enc(), decoder=Dec()).eval()
+    """The same networks wrapped as a pythae VAE (``_peers``), or None if pythae is absent."""
+    model = _peers.pythae_model("vae", vae)
+    return None if model is None else model.eval()
 
 
 def run_pythae(model, x: torch.Tensor, k: int, batch_size: int = 100) -> torch.Tensor:
     with torch.no_grad():
-        images = x.reshape(-1, 1, 28, 28)
-        return torch.tensor(model.get_nll(images, n_samples=k, batch_size=batch_size))
+        return torch.tensor(model.get_nll(x, n_samples=k, batch_size=batch_size))
 
 
 def anon_rss_mib() -> float:

@@ -28,6 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from _machine import DECODER_MACS, ENCODER_MACS, STEP_FLOP, cpu_model, matmul_peak
+from _peers import pythae_model
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from ppl_vae import build_vae, fit
@@ -97,38 +98,6 @@ def plain_iwae_epoch(vae, opt, x, gen, k, batch_size=100):
         opt.step()
 
 
-def pythae_iwae(vae, k):
-    """pythae 0.1.2's IWAE on the same networks (their modules, shared), or None."""
-    try:
-        from pythae.models import IWAE, IWAEConfig
-        from pythae.models.base.base_utils import ModelOutput
-        from pythae.models.nn import BaseDecoder, BaseEncoder
-    except ImportError:
-        return None
-
-    class Enc(BaseEncoder):
-        def __init__(self):
-            super().__init__()
-            self.net = vae.encoder.net
-
-        def forward(self, x):
-            loc, log_var = self.net(x.reshape(x.shape[0], -1)).chunk(2, -1)
-            return ModelOutput(embedding=loc, log_covariance=log_var)
-
-    class Dec(BaseDecoder):
-        def __init__(self):
-            super().__init__()
-            self.net = vae.decoder.net
-
-        def forward(self, z):
-            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
-
-    config = IWAEConfig(
-        input_dim=(784,), latent_dim=vae.z_dim, reconstruction_loss="bce", number_samples=k
-    )
-    return IWAE(config, encoder=Enc(), decoder=Dec())
-
-
 def pythae_epoch(model, x, gen, folder):
     """One epoch of pythae's own trainer on a fresh binarization of ``x`` (its data are static
     within an epoch), Adam at lr 1e-3, batch 100."""
@@ -175,7 +144,7 @@ def iwae_table(base, x, k, repeats, peak) -> None:
             dreg_vae, train_only, epochs=1, objective="iwae-dreg", particles=k, progress=False
         ),
     }
-    pmodel = pythae_iwae(plain_copy(base), k)
+    pmodel = pythae_model("iwae", plain_copy(base), k=k)
     if pmodel is not None:
         variants[f"pythae 0.1.2 IWAE, its BaseTrainer (k={k})"] = lambda: pythae_epoch(
             pmodel, x, gens["pythae"], folder
