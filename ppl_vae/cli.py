@@ -56,9 +56,8 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_
             )
             continue
-        kind = {"int": int, "float": float, "int | None": int, "str | None": str}.get(
-            str(f.type), str
-        )
+        kinds = {"int": int, "float": float, "int | None": int, "str | None": str}
+        kind = {**kinds, "float | None": float}.get(str(f.type), str)
         choices = f.metadata.get("choices")
         parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=help_)
 
@@ -153,7 +152,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    if fit_config.warmup >= fit_config.epochs > 0 and fit_config.warmup > 0:
+    warmup = fit_config.warmup
+    if warmup is not None and warmup >= fit_config.epochs > 0 and warmup > 0:
         _say(
             f"note: --warmup {fit_config.warmup:g} is not shorter than --epochs "
             f"{fit_config.epochs}, so the KL weight never reaches --beta {fit_config.beta:g} and "

@@ -105,9 +105,10 @@ def test_beta_scales_only_the_kl():
     torch.testing.assert_close(l3 - l1, 2 * kl, rtol=1e-5, atol=1e-4)
 
 
-def test_auto_objective_picks_analytic_kl_and_refuses_it_without_a_closed_form():
-    assert isinstance(make_objective("auto", closed_form_kl={"z": True}), AnalyticKLELBO)
-    assert isinstance(make_objective("auto", closed_form_kl={"z": True, "w": False}), STLELBO)
+def test_auto_objective_is_stl_and_mean_field_is_refused_without_a_closed_form():
+    for sites in ({"z": True}, {"z": True, "w": False}):
+        assert isinstance(make_objective("auto", closed_form_kl=sites), STLELBO)
+    assert type(make_objective("mean-field", closed_form_kl={"z": True})) is AnalyticKLELBO
     with pytest.raises(
         ValueError, match="closed-form KL, which latent site 'w' lacks: no kl_divergence"
     ):
@@ -119,7 +120,7 @@ def test_training_lowers_the_validation_loss(digits):
     vae = small_vae()
     objective = AnalyticKLELBO()
     before = negative_bound(vae, digits.val, objective)
-    result = fit(vae, digits, epochs=8, progress=False)
+    result = fit(vae, digits, epochs=8, objective="mean-field", progress=False)
     after = negative_bound(vae, digits.val, objective)
     assert after < before - 8, f"validation loss {before:.2f} -> {after:.2f}, not 8 nats lower"
     assert result.history[-1]["val_loss"] == pytest.approx(after)
@@ -204,7 +205,9 @@ def test_resume_with_other_settings_is_refused(digits, tmp_path):
 
 def test_patience_returns_the_best_weights_even_when_the_epochs_run_out(digits):
     vae = small_vae()
-    result = fit(vae, digits, epochs=15, patience=100, lr=3e-2, progress=False)
+    result = fit(
+        vae, digits, epochs=15, patience=100, lr=3e-2, objective="mean-field", progress=False
+    )
     assert not result.stopped_early
     last, best = result.history[-1]["val_loss"], result.best_val_loss
     assert best < last, "this setting was chosen for a last epoch worse than the best"
@@ -213,7 +216,9 @@ def test_patience_returns_the_best_weights_even_when_the_epochs_run_out(digits):
 
 def test_early_stopping_restores_the_best_weights(digits):
     vae = small_vae()
-    result = fit(vae, digits, epochs=50, patience=1, lr=3e-2, progress=False)
+    result = fit(
+        vae, digits, epochs=50, patience=1, lr=3e-2, objective="mean-field", progress=False
+    )
     assert result.stopped_early
     best = min(h["val_loss"] for h in result.history)
     assert result.best_val_loss == pytest.approx(best)

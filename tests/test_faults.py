@@ -160,7 +160,7 @@ def a_run(tmp_path_factory):
         (["--batch-size", "7"], "fit.batch_size 100 -> 7"),
         (["--objective", "stl"], "fit.objective 'auto' -> 'stl'"),
         (["--seed", "3"], "fit.seed 0 -> 3"),
-        (["--warmup", "2"], "fit.warmup 0 -> 2.0"),
+        (["--warmup", "2"], "fit.warmup None -> 2.0"),
         (["--dataset", "mnist5k"], "data.dataset 'digits' -> 'mnist5k'"),
         (["--binarize", "static"], "data.binarization 'dynamic' -> 'static'"),
     ],
