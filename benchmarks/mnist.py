@@ -99,6 +99,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
     # two stochastic layers
     "two-layer": ("IWAE paper 2 layers, VAE (STL)", ["--preset", "iwae2", "--warmup", "3"]),
+    "two-layer-softplus": (
+        "2 layers, softplus, VAE (STL)",
+        ["--preset", "iwae2", "--activation", "softplus", "--warmup", "3"],
+    ),
     "two-layer-k5": (
         "IWAE paper 2 layers, IWAE k=5",
         ["--preset", "iwae2", "--objective", "iwae", "--particles", "5"],
