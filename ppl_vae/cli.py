@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from .analysis import active_units, elbo_surgery, mutual_information_gap
 from .batching import check_finite
@@ -27,6 +26,7 @@ from .distributed import init_from_env, launched, leave, world
 from .estimators import elbo as elbo_per_point
 from .estimators import log_likelihood
 from .latents import INTERPOLATIONS, attribute_rows, interpolation_rows, traversal_rows
+from .objectives import _latent_names
 from .program import ProgramError, check_observed, traces
 from .runs import (
     RunConfig,
@@ -56,8 +56,13 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_
             )
             continue
-        kinds = {"int": int, "float": float, "int | None": int, "str | None": str}
-        kind = {**kinds, "float | None": float}.get(str(f.type), str)
+        kind = {
+            "int": int,
+            "float": float,
+            "int | None": int,
+            "float | None": float,
+            "str | None": str,
+        }.get(str(f.type), str)
         choices = f.metadata.get("choices")
         parser.add_argument(flag, type=kind, default=f.default, choices=choices, help=help_)
 
@@ -301,13 +306,8 @@ def _surgery_applies(program, x: torch.Tensor) -> bool:
     other point's code: not for several latent layers, nor for a guide whose density there
     costs many network passes (a flow guide)."""
     model_trace, _ = traces(program.model, program.guide, (x[:2],), {})
-    latent = [
-        name
-        for name, site in model_trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    ]
     q = program.hook("encode")(x[:2])
-    return latent == ["z"] and not getattr(q, "costly_rescoring", False)
+    return _latent_names(model_trace) == ["z"] and not getattr(q, "costly_rescoring", False)
 
 
 @torch.no_grad()

@@ -444,7 +444,6 @@ def load_dataset(
         raise ValueError(
             f"unknown dataset {name!r}; choose one of {list(DATASETS)} or give a .npy/.npz path"
         )
-
     for split, x in (("train", train), ("val", val), ("test", test)):
         check_data(x, what=f"{name} {split} split")
     spec = {

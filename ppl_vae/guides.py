@@ -121,13 +121,15 @@ class FlowEncoder(nn.Module):
                 step.nn.layers[-1].weight.zero_()
                 step.nn.layers[-1].bias.zero_()
 
+    def _base_and_context(self, x: Tensor) -> tuple[dist.Distribution, Tensor]:
+        loc, log_var, h = self.net(x).split([self.z_dim, self.z_dim, self.context_dim], -1)
+        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1), h
+
     def gaussian(self, x: Tensor) -> dist.Distribution:
         """The base Gaussian N(mu(x), diag sigma(x)^2) before the flow; batch ``(...)``,
         event ``(z_dim,)``."""
-        loc, log_var, _ = self.net(x).split([self.z_dim, self.z_dim, self.context_dim], -1)
-        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        return self._base_and_context(x)[0]
 
     def forward(self, x: Tensor) -> FlowPosterior:
-        loc, log_var, h = self.net(x).split([self.z_dim, self.z_dim, self.context_dim], -1)
-        base = dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
+        base, h = self._base_and_context(x)
         return FlowPosterior(base, [step.condition(h) for step in self.steps])

@@ -215,9 +215,9 @@ def _ok_sites(closed_form_kl: dict[str, Any] | bool) -> dict[str, bool]:
     return {s: v is True or v is None for s, v in closed_form_kl.items()}
 
 
-def resolve(name: str, closed_form_kl: dict[str, Any] | bool = True) -> str:
+def resolve(name: str) -> str:
     """The objective ``name`` stands for: ``auto`` is ``stl``; other names stand for
-    themselves. (``closed_form_kl`` is kept for callers; the choice no longer depends on it.)"""
+    themselves."""
     if name != "auto":
         return name
     # STL's guide gradient has no score term. It beat the analytic KL by 1.1 to 1.45 nats on
@@ -242,10 +242,9 @@ def make_objective(
     """
     if particles < 1:
         raise ValueError(f"particles must be at least 1, got {particles}")
-    sites = _ok_sites(closed_form_kl)
-    lacking = [site for site, ok in sites.items() if not ok]
-    name = resolve(name, closed_form_kl)
+    name = resolve(name)
     if name == "mean-field":
+        lacking = [site for site, ok in _ok_sites(closed_form_kl).items() if not ok]
         if lacking:
             why = closed_form_kl.get(lacking[0]) if isinstance(closed_form_kl, dict) else None
             where = (

@@ -341,7 +341,12 @@ class _Trainer:
                     feed.to(self.dtype, self.device, what)
             self._check_first_batches(splits)
             check_pair(*traces(program.model, program.guide, self._first_train, {}))
-            sites = kl_obstacles(program.model, program.guide, *self._first_train)
+            # only the analytic KL reads the program's KL structure (a trace of its dependencies)
+            sites = (
+                kl_obstacles(program.model, program.guide, *self._first_train)
+                if config.objective == "mean-field"
+                else True
+            )
         objective = make_objective(config.objective, config.particles, sites)
         # the particle draws: a stream of each process's own; the data (shuffling, dynamic
         # binarization): one stream, alike on every process
@@ -354,7 +359,7 @@ class _Trainer:
         optimizer = getattr(self.engine, "optimizer", None)
         self.schedule = Schedule(config.lr_schedule, optimizer, config.epochs)
         self.state = TrainState()
-        self.result = FitResult(objective=resolve(config.objective, sites))
+        self.result = FitResult(objective=resolve(config.objective))
         self.lock = RunLock(out) if out is not None and self.world.root else None
         self.run_info = {
             "format": RUN_FORMAT,
