@@ -13,7 +13,7 @@ import tempfile
 import torch
 from torch import nn
 
-__all__ = ["pythae_model", "train_plain", "train_pythae"]
+__all__ = ["pythae_model", "train_plain", "train_pythae", "vae_terms"]
 
 
 def pythae_model(kind: str, vae: nn.Module, k: int = 5, components: int = 500, warmup: int = 0):
@@ -89,6 +89,19 @@ def vamp_pseudo_inputs(model) -> torch.Tensor:
         )
 
 
+def vae_terms(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of ``x`` (N, D), hand-written on ``vae``'s networks: the reconstruction term
+    -log p(x|z) at one reparameterized draw z ~ q(z|x), by ``binary_cross_entropy_with_logits``,
+    and the analytic KL(q(z|x) || N(0, I)); two (N,) tensors."""
+    loc, log_var = vae.encoder.net(x).chunk(2, -1)
+    z = loc + torch.exp(0.5 * log_var) * torch.randn_like(loc)
+    recon = nn.functional.binary_cross_entropy_with_logits(
+        vae.decoder.net(z), x, reduction="none"
+    ).sum(-1)
+    kl = 0.5 * (loc**2 + log_var.exp() - 1 - log_var).sum(-1)
+    return recon, kl
+
+
 def train_plain(
     vae: nn.Module, train: torch.Tensor, epochs: int, dynamic: bool, seed: int
 ) -> None:
@@ -105,12 +118,7 @@ def train_plain(
             x = train[order[i : i + 100]]
             if dynamic:
                 x = torch.bernoulli(x, generator=gen)
-            loc, log_var = vae.encoder.net(x).chunk(2, -1)
-            z = loc + torch.exp(0.5 * log_var) * torch.randn_like(loc)
-            recon = nn.functional.binary_cross_entropy_with_logits(
-                vae.decoder.net(z), x, reduction="none"
-            ).sum(-1)
-            kl = 0.5 * (loc**2 + log_var.exp() - 1 - log_var).sum(-1)
+            recon, kl = vae_terms(vae, x)
             loss = (recon + kl).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,8 @@ import torch
 from ppl_vae.cli import main as cli
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _peers, run from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _peers, _machine, run from anywhere
+from _machine import cpu_model  # noqa: E402
 
 #: row name -> (what it is, the ``ppl-vae train`` flags that make it)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -117,18 +117,20 @@ PEERS: dict[str, tuple[str, str, str, str]] = {
     "pythae-iwae5": ("IWAE paper 1 layer, pythae 0.1.2 IWAE k=5", "iwae", "normal", "iwae"),
 }
 
-#: published test NLLs (nats; K = 5000 unless said), for the README table
-PUBLISHED = {
-    "IWAE paper, 1 layer, VAE (dynamic)": 86.76,
-    "IWAE paper, 1 layer, IWAE k=5": 85.54,
-    "IWAE paper, 1 layer, IWAE k=50": 84.78,
-    "IWAE paper, 2 layers, VAE": 85.33,
-    "IWAE paper, 2 layers, IWAE k=50": 82.90,
-    "VampPrior paper, 1 layer, VampPrior": 85.57,
-    "pythae 0.1.2 reproductions (static): VAE": 89.78,
-    "pythae 0.1.2 reproductions (static): VAMP": 85.79,
-    "pythae 0.1.2 reproductions (static): IWAE": 86.82,
-}
+
+def _idx_data(args: argparse.Namespace) -> bool:
+    """Whether the dataset is one of the IDX families that take --data-dir and --val-size."""
+    return args.dataset in ("mnist", "fashion-mnist", "kmnist")
+
+
+def _finished(folder: Path, epochs: int) -> dict | None:
+    """The row's metrics.json when it was trained for ``epochs``, else None."""
+    done = folder / "metrics.json"
+    if done.is_file():
+        metrics = json.loads(done.read_text())
+        if metrics.get("epochs") == epochs:
+            return metrics
+    return None
 
 
 def _quiet(argv: list[str]) -> tuple[int, str]:
@@ -145,19 +147,19 @@ def train_row(name: str, args: argparse.Namespace) -> dict:
     flags = ["train", *ROWS[name][1], "--out", str(folder), "--epochs", str(args.epochs)]
     flags += ["--dataset", args.dataset, "--binarize", args.binarize, "--seed", str(args.seed)]
     flags += ["--eval-samples", "2", "--no-progress"]  # the table's evaluation comes next
-    if args.dataset in ("mnist", "fashion-mnist", "kmnist"):
+    if _idx_data(args):
         flags += ["--data-dir", args.data_dir, "--val-size", str(args.val_size)]
     if args.lr_schedule != "constant":
         flags += ["--lr-schedule", args.lr_schedule]
-    done = folder / "metrics.json"
-    if done.is_file() and json.loads(done.read_text()).get("epochs") == args.epochs:
-        return json.loads(done.read_text())
+    finished = _finished(folder, args.epochs)
+    if finished is not None:
+        return finished
     if (folder / "checkpoint.pt").is_file():
         flags.append("--resume")
     code, printed = _quiet(flags)
     if code != 0:
         raise SystemExit(f"row {name}: ppl-vae train failed ({code}):\n{printed}")
-    return json.loads(done.read_text())
+    return json.loads((folder / "metrics.json").read_text())
 
 
 def train_peer(name: str, args: argparse.Namespace) -> dict:
@@ -173,10 +175,10 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
 
     what, preset, prior, trainer = PEERS[name]
     folder = Path(args.out) / name
-    done = folder / "metrics.json"
-    if done.is_file() and json.loads(done.read_text()).get("epochs") == args.epochs:
-        return json.loads(done.read_text())
-    mnist = args.dataset in ("mnist", "fashion-mnist", "kmnist")
+    finished = _finished(folder, args.epochs)
+    if finished is not None:
+        return finished
+    mnist = _idx_data(args)
     run = RunConfig(
         dataset=args.dataset,
         data_dir=args.data_dir if mnist else None,
@@ -216,7 +218,7 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
             run_info=info,
         )
     metrics = {"epochs": args.epochs, "train_seconds": seconds, "peer": what}
-    done.write_text(json.dumps(metrics, indent=2) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -231,7 +233,7 @@ def evaluate_row(name: str, args: argparse.Namespace) -> dict:
             return saved
     flags = ["evaluate", str(folder), "--num-samples", str(args.samples), "--json"]
     flags += ["--limit", str(args.test_limit), "--seed", str(args.seed)]
-    if args.dataset in ("mnist", "fashion-mnist", "kmnist"):
+    if _idx_data(args):
         flags += ["--data-dir", args.data_dir]
     started = time.perf_counter()
     code, printed = _quiet(flags)
@@ -277,15 +279,7 @@ def table(results: dict[str, tuple[dict, dict]], args: argparse.Namespace) -> st
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,68 +27,45 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from _peers import vae_terms  # benchmarks/ is on sys.path
 from torch import nn
 
-from ppl_vae.data import load_dataset
+from ppl_vae import build_vae
+from ppl_vae.data import binarize, load_dataset
+from ppl_vae.fastmath import plain_copy
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 
 
-def mlp(widths: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for a, b in zip(widths[:-2], widths[1:-1], strict=True):
-        layers += [nn.Linear(a, b), nn.Softplus()]
-    return nn.Sequential(*layers, nn.Linear(widths[-2], widths[-1]))
-
-
-class SeedVAE(nn.Module):
-    def __init__(self, z: int = 50) -> None:
-        super().__init__()
-        self.z = z
-        self.enc = mlp([784, 300, 300, 2 * z])
-        self.dec = mlp([z, 300, 300, 784])
-
-    def terms(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image: the reconstruction term -E_q[log p(target|z)] (one draw) and KL."""
-        mu, log_var = self.enc(x).chunk(2, -1)
-        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
-        recon = F.binary_cross_entropy_with_logits(self.dec(z), target, reduction="none").sum(-1)
-        kl = 0.5 * (mu**2 + log_var.exp() - 1 - log_var).sum(-1)
-        return recon, kl
-
-
-def feed(x: torch.Tensor, how: str, gen: torch.Generator) -> torch.Tensor:
-    if how == "grey":
-        return x
-    if how == "threshold":
-        return (x > 0.5).float()
-    return torch.bernoulli(x, generator=gen)
+def seed_network() -> nn.Module:
+    """784-300-300-50 softplus with a Bernoulli output, as a user writes it (``nn.Softplus``)."""
+    return plain_copy(build_vae(784, z_dim=50, hidden=(300, 300), activation="softplus"))
 
 
 def train(how: str, args: argparse.Namespace) -> dict[str, float]:
     data = load_dataset("mnist", data_dir=args.data_dir, binarization="none", val_size=10000)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    val = feed(data.val, how, gen)
-    model = SeedVAE()
+    mode = {"grey": "none"}.get(how, how)  # grey levels are the targets as they are
+    val = binarize(data.val, mode, gen)
+    model = seed_network()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n = len(data.train)
     for epoch in range(1, args.epochs + 1):
         started = time.perf_counter()
-        x_all = feed(data.train, how, gen)
+        x_all = binarize(data.train, mode, gen)
         order = torch.randperm(n, generator=gen)
         sums = torch.zeros(2)
         for i in range(0, n, 100):
             x = x_all[order[i : i + 100]]
-            recon, kl = model.terms(x, x)
+            recon, kl = vae_terms(model, x)
             loss = (recon + kl).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sums += torch.stack([recon.sum(), kl.sum()]).detach()
         with torch.no_grad():
-            v_recon, v_kl = model.terms(val, val)
+            v_recon, v_kl = vae_terms(model, val)
         train_recon, train_kl = (sums / n).tolist()
         print(
             f"{how:9s} epoch {epoch:2d}: train -ELBO {train_recon + train_kl:7.2f} "

@@ -28,7 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from _machine import DECODER_MACS, ENCODER_MACS, STEP_FLOP, cpu_model, matmul_peak
-from _peers import pythae_model
+from _peers import pythae_model, train_pythae
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from ppl_vae import build_vae, fit
@@ -98,60 +98,9 @@ def plain_iwae_epoch(vae, opt, x, gen, k, batch_size=100):
         opt.step()
 
 
-def pythae_epoch(model, x, gen, folder):
-    """One epoch of pythae's own trainer on a fresh binarization of ``x`` (its data are static
-    within an epoch), Adam at lr 1e-3, batch 100."""
-    import logging
-
-    from pythae.data.datasets import BaseDataset
-    from pythae.trainers import BaseTrainer, BaseTrainerConfig
-
-    for name in ("pythae", "pythae.trainers.base_trainer.base_trainer"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-    xb = torch.bernoulli(x, generator=gen)
-    config = BaseTrainerConfig(
-        output_dir=str(folder),
-        per_device_train_batch_size=100,
-        num_epochs=1,
-        learning_rate=1e-3,
-        no_cuda=True,
-    )
-    dataset = BaseDataset(xb, torch.zeros(len(xb)))
-    trainer = BaseTrainer(model, train_dataset=dataset, training_config=config)
-    trainer.train()
-
-
-def iwae_table(base, x, k, repeats, peak) -> None:
-    """The IWAE and DReG rows: ms per step against the hand-written batched IWAE step."""
-    import tempfile
-
-    train_only = dataclasses.replace(load_dataset("mnist5k"), train=x, val=None)
-    train_only = dataclasses.replace(train_only, spec=None)
-    plain_vae = plain_copy(base)
-    plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
-    iwae_vae, dreg_vae = copy.deepcopy(base), copy.deepcopy(base)
-    gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "pythae")}
-    folder = Path(tempfile.mkdtemp(prefix="pythae-"))
-    variants = {
-        f"plain PyTorch batched IWAE step (k={k})": lambda: plain_iwae_epoch(
-            plain_vae, plain_opt, x, gens["plain"], k
-        ),
-        f"ppl_vae.fit, objective='iwae' (k={k})": lambda: fit(
-            iwae_vae, train_only, epochs=1, objective="iwae", particles=k, progress=False
-        ),
-        f"ppl_vae.fit, objective='iwae-dreg' (k={k})": lambda: fit(
-            dreg_vae, train_only, epochs=1, objective="iwae-dreg", particles=k, progress=False
-        ),
-    }
-    pmodel = pythae_model("iwae", plain_copy(base), k=k)
-    if pmodel is not None:
-        variants[f"pythae 0.1.2 IWAE, its BaseTrainer (k={k})"] = lambda: pythae_epoch(
-            pmodel, x, gens["pythae"], folder
-        )
-    else:
-        print("pythae is not installed: its row is skipped (pip install pythae==0.1.2 --no-deps)")
-    steps = -(-len(x) // 100)
+def measure(variants, repeats, steps) -> dict[str, list[float]]:
+    """ms per step of every variant (one epoch of ``steps`` steps per run), interleaved, after
+    one warm-up run each."""
     times = {name: [] for name in variants}
     for run in variants.values():  # warm-up
         run()
@@ -160,16 +109,16 @@ def iwae_table(base, x, k, repeats, peak) -> None:
             started = time.perf_counter()
             run()
             times[name].append((time.perf_counter() - started) / steps * 1e3)
-    flop = 2 * 3 * (ENCODER_MACS + k * DECODER_MACS) * 100
-    ref_name = next(iter(variants))
+    return times
+
+
+def print_rows(times, ref_name, flop, peak, digits) -> None:
+    """The table: median ms per step, ratio to ``ref_name`` and its range, GFLOP/s of
+    ``flop`` per step, and the share of the matrix-product ``peak``."""
     ref = statistics.median(times[ref_name])
     print(
-        f"\nIWAE, seed network, {len(x)} rows, batch 100, k = {k}: {flop / 1e9:.1f} GFLOP of "
-        f"matrix products a step; median of {repeats}"
-    )
-    print(
-        "\n| variant | ms per step | ratio to plain PyTorch | range of ratios | GFLOP/s "
-        "| % of peak |"
+        "\n| variant | ms per step | ratio to plain PyTorch | range of ratios | GFLOP/s | "
+        "% of peak |"
     )
     print("|---|---|---|---|---|---|")
     for name, ts in times.items():
@@ -177,9 +126,42 @@ def iwae_table(base, x, k, repeats, peak) -> None:
         med = statistics.median(ts)
         rate = flop / med / 1e6
         print(
-            f"| {name} | {med:.1f} | {med / ref:.3f} | {min(ratios):.2f}-{max(ratios):.2f} | "
-            f"{rate:.0f} | {100 * rate / peak:.0f} |"
+            f"| {name} | {med:.{digits}f} | {med / ref:.3f} | "
+            f"{min(ratios):.2f}-{max(ratios):.2f} | {rate:.0f} | {100 * rate / peak:.0f} |"
         )
+
+
+def iwae_table(base, data, x, k, repeats, peak) -> None:
+    """The IWAE and DReG rows: ms per step against the hand-written batched IWAE step."""
+    train_only = dataclasses.replace(data, train=x, val=None)  # dynamic binarization, no val
+    plain_vae = plain_copy(base)
+    plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
+    iwae_vae, dreg_vae = copy.deepcopy(base), copy.deepcopy(base)
+    gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "pythae")}
+    ref_name = f"plain PyTorch batched IWAE step (k={k})"
+    variants = {
+        ref_name: lambda: plain_iwae_epoch(plain_vae, plain_opt, x, gens["plain"], k),
+        f"ppl_vae.fit, objective='iwae' (k={k})": lambda: fit(
+            iwae_vae, train_only, epochs=1, objective="iwae", particles=k, progress=False
+        ),
+        f"ppl_vae.fit, objective='iwae-dreg' (k={k})": lambda: fit(
+            dreg_vae, train_only, epochs=1, objective="iwae-dreg", particles=k, progress=False
+        ),
+    }
+    pmodel = pythae_model("iwae", plain_copy(base), k=k)
+    if pmodel is not None:  # pythae's data are static within an epoch: a fresh draw per epoch
+        variants[f"pythae 0.1.2 IWAE, its BaseTrainer (k={k})"] = lambda: train_pythae(
+            pmodel, torch.bernoulli(x, generator=gens["pythae"]), 1, dynamic=False, seed=8
+        )
+    else:
+        print("pythae is not installed: its row is skipped (pip install pythae==0.1.2 --no-deps)")
+    times = measure(variants, repeats, steps=-(-len(x) // 100))
+    flop = 2 * 3 * (ENCODER_MACS + k * DECODER_MACS) * 100
+    print(
+        f"\nIWAE, seed network, {len(x)} rows, batch 100, k = {k}: {flop / 1e9:.1f} GFLOP of "
+        f"matrix products a step; median of {repeats}"
+    )
+    print_rows(times, ref_name, flop, peak, digits=1)
 
 
 def svi_epoch(svi, x, gen, batch_size=100):
@@ -220,7 +202,7 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {cpu_model()}")
         peak = matmul_peak()
         print(f"float32 1024-square matrix product: {peak:.0f} GFLOP/s")
-        iwae_table(base, data.train[: args.iwae_rows], args.iwae_k, args.repeats, peak)
+        iwae_table(base, data, data.train[: args.iwae_rows], args.iwae_k, args.repeats, peak)
         return
 
     plain_vae, fast_vae, svi_fit_vae, default_vae = plain_copy(base), clone(), clone(), clone()
@@ -248,15 +230,7 @@ def main() -> None:
         ),
         "bare Pyro SVI + TraceMeanField_ELBO": lambda: svi_epoch(svi, x, gens["svi"]),
     }
-    times = {name: [] for name in variants}
-    for run in variants.values():  # warm-up
-        run()
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            started = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - started) / steps * 1e3)
-    ref = statistics.median(times["plain PyTorch (hand-written loop)"])
+    times = measure(variants, args.repeats, steps)
     print(
         f"\n{len(x)} rows, batch 100, {steps} steps per epoch, median of {args.repeats}; "
         f"torch {torch.__version__}, pyro {pyro.__version__}, {torch.get_num_threads()} threads, "
@@ -267,28 +241,14 @@ def main() -> None:
         f"float32 1024-square matrix product: {peak:.0f} GFLOP/s; a step is "
         f"{STEP_FLOP / 1e6:.0f} MFLOP of matrix products"
     )
-    print(
-        "\n| variant | ms per step | ratio to plain PyTorch | range of ratios | GFLOP/s | "
-        "% of peak |"
-    )
-    print("|---|---|---|---|---|---|")
-    for name, ts in times.items():
-        ratios = [
-            t / r for t, r in zip(ts, times["plain PyTorch (hand-written loop)"], strict=True)
-        ]
-        med = statistics.median(ts)
-        rate = STEP_FLOP / med / 1e6
-        print(
-            f"| {name} | {med:.2f} | {med / ref:.3f} | {min(ratios):.2f}-{max(ratios):.2f} | "
-            f"{rate:.0f} | {100 * rate / peak:.0f} |"
-        )
+    print_rows(times, "plain PyTorch (hand-written loop)", STEP_FLOP, peak, digits=2)
     builtin = statistics.median(times["ppl_vae.fit (analytic-KL ELBO, fast engine)"])
     user = statistics.median(
         times["ppl_vae.fit(model, guide) on user-written functions (pyro.module)"]
     )
     print(f"\nuser-written functions / built-in VAE, both through fit: {user / builtin:.3f}")
     if args.iwae_k:
-        iwae_table(base, data.train[: args.iwae_rows], args.iwae_k, args.repeats, peak)
+        iwae_table(base, data, data.train[: args.iwae_rows], args.iwae_k, args.repeats, peak)
     if args.quality:
         quality(data)
 
