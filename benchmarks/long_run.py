@@ -1,0 +1,179 @@
+"""One row of the MNIST table trained as long as the machine allows, with its learning curve.
+
+The row is one of ``benchmarks/mnist.py``'s (same flags, same data protocol), trained in
+stages up to each milestone epoch by resuming its run folder (``ppl-vae train --resume
+--epochs M``), so a stop loses at most the epoch under way and rerunning the same command
+continues. At each milestone the test log p(x) is estimated on the first ``--curve-points``
+test images with K = ``--curve-samples`` (seeded draws, the same points at every milestone),
+and at the last milestone also with the table's K = 5000 on all 10,000 test images. The
+curve is kept in ``OUT/ROW/curve.json`` (milestone -> estimate), drawn with the per-epoch
+training loss into ``OUT/ROW/learning-curve.png``, and printed as a table.
+
+Usage (from the repository root)::
+
+    python benchmarks/long_run.py --row vamp --lr-schedule iwae \\
+        --milestones 10 30 100 200 300 500 --out runs/long
+    python benchmarks/long_run.py --row seed --dataset mnist5k --milestones 1 2 \\
+        --curve-samples 20 --curve-points 50 --samples 20 --test-limit 50 --out /tmp/lr-smoke
+
+A milestone below the epochs the run folder already holds cannot be evaluated any more (the
+weights have moved on); it is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mnist  # noqa: E402
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--row", required=True, choices=list(mnist.ROWS), help="a table row")
+    p.add_argument("--milestones", type=int, nargs="+", default=[10, 30, 100, 300, 500])
+    p.add_argument("--curve-samples", type=int, default=1000, help="K at each milestone")
+    p.add_argument("--curve-points", type=int, default=2000, help="test points per milestone")
+    p.add_argument("--samples", type=int, default=5000, help="K at the last milestone")
+    p.add_argument("--test-limit", type=int, default=0, help="points there (0: all)")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir", default=str(mnist.MNIST_DIR))
+    p.add_argument("--binarize", default="dynamic", choices=("dynamic", "static"))
+    p.add_argument("--val-size", type=int, default=0)
+    p.add_argument("--lr-schedule", default="iwae", help="as ppl-vae train's (default: iwae)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/long")
+    args = p.parse_args(argv)
+    milestones = sorted(set(args.milestones))
+    if milestones[0] < 1:
+        p.error("milestones are epoch counts, 1 or more")
+    if args.lr_schedule in ("cosine", "plateau"):
+        # cosine anneals over the run's epochs, so stages would each restart it; plateau reads
+        # a validation loss that --val-size 0 does not have
+        p.error(f"--lr-schedule {args.lr_schedule} does not extend across milestones; use iwae")
+    args.milestones = milestones
+    if args.dataset == "mnist" and not any(Path(args.data_dir).rglob("train-images*")):
+        p.error(f"no MNIST IDX files in {args.data_dir}; pass --data-dir")
+    return args
+
+
+def _trained_epochs(folder: Path) -> int:
+    done = folder / "metrics.json"
+    return json.loads(done.read_text())["epochs"] if done.is_file() else 0
+
+
+def _stage_args(args: argparse.Namespace, epochs: int, samples: int, limit: int):
+    """The namespace mnist.train_row and mnist.evaluate_row read."""
+    return argparse.Namespace(
+        epochs=epochs,
+        samples=samples,
+        test_limit=limit,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        binarize=args.binarize,
+        val_size=args.val_size,
+        lr_schedule=args.lr_schedule,
+        seed=args.seed,
+        out=args.out,
+    )
+
+
+def _point(ev: dict) -> dict:
+    keep = ("log_likelihood", "stderr", "stderr_points", "elbo", "share_pareto_k_above_0.7")
+    return {k: ev[k] for k in keep} | {"active_units": ev.get("active_units")}
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    folder = Path(args.out) / args.row
+    folder.mkdir(parents=True, exist_ok=True)
+    curve_file = folder / "curve.json"
+    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else {}
+    for m in args.milestones:
+        if str(m) in curve:
+            continue
+        held = _trained_epochs(folder)
+        if held > m:
+            print(f"milestone {m}: skipped, the run folder already holds {held} epochs")
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] {args.row}: training to epoch {m}", flush=True)
+        mnist.train_row(args.row, _stage_args(args, m, args.curve_samples, args.curve_points))
+        stage = _stage_args(args, m, args.curve_samples, args.curve_points)
+        entry = {"curve": _point(mnist.evaluate_row(args.row, stage))}
+        entry["train_seconds"] = mnist.train_seconds(args.row, {}, stage)
+        if m == args.milestones[-1]:
+            final = _stage_args(args, m, args.samples, args.test_limit)
+            entry["final"] = _point(mnist.evaluate_row(args.row, final))
+        curve[str(m)] = entry
+        curve_file.write_text(json.dumps(curve, indent=2) + "\n")
+        print(f"    test NLL {-entry['curve']['log_likelihood']:.2f} (curve)", flush=True)
+    print(table(args, curve))
+    draw(folder, args, curve)
+    return curve
+
+
+def table(args: argparse.Namespace, curve: dict) -> str:
+    lines = [
+        f"{args.row} ({mnist.ROWS[args.row][0]}), lr schedule {args.lr_schedule}, "
+        f"{args.binarize} binarization, seed {args.seed}; {mnist.machine()}",
+        f"curve: K = {args.curve_samples} on the first {args.curve_points} test points; "
+        f"final: K = {args.samples} on {args.test_limit or 'all'} points",
+        "| epochs | test NLL (curve) | +- (points) | test -ELBO | active units | "
+        "Pareto k > 0.7 | test NLL (final) | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in sorted(curve, key=int):
+        c, f = curve[m]["curve"], curve[m].get("final")
+        final = f"{-f['log_likelihood']:.2f} +- {f['stderr_points']:.2f}" if f else "-"
+        pareto = mnist._fmt(100 * c["share_pareto_k_above_0.7"], 1)
+        lines.append(
+            f"| {m} | {-c['log_likelihood']:.2f} | {c['stderr_points']:.2f} | {-c['elbo']:.2f} "
+            f"| {c['active_units']} | {pareto}% | {final} "
+            f"| {curve[m]['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def draw(folder: Path, args: argparse.Namespace, curve: dict) -> None:
+    """learning-curve.png: the per-epoch training loss and the milestones' test NLL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = folder / "metrics.jsonl"
+    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    epochs = [e for e in epochs if "epoch" in e and "train_loss" in e]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(
+        [e["epoch"] for e in epochs],
+        [e["train_loss"] for e in epochs],
+        lw=1,
+        label="train loss (-ELBO, beta-weighted in the warm-up)",
+    )
+    ms = sorted(curve, key=int)
+    ax.plot(
+        [int(m) for m in ms],
+        [-curve[m]["curve"]["log_likelihood"] for m in ms],
+        "o-",
+        label=f"test NLL, K = {args.curve_samples}, {args.curve_points} points",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats")
+    if len(epochs) > 3:  # the first epochs' loss would squash the rest
+        ax.set_ylim(top=epochs[min(2, len(epochs) - 1)]["train_loss"])
+    ax.set_title(f"{args.row}: {mnist.ROWS[args.row][0]}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "learning-curve.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
+    sys.exit(0)
