@@ -109,12 +109,14 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 
-#: peer rows: row name -> (what it is, our preset and prior holding the networks, the trainer)
-PEERS: dict[str, tuple[str, str, str, str]] = {
-    "plain-vae": ("seed net, hand-written PyTorch VAE", "seed", "normal", "plain"),
-    "pythae-vae": ("seed net, pythae 0.1.2 VAE", "seed", "normal", "vae"),
-    "pythae-vamp": ("seed net, pythae 0.1.2 VAMP (500, warm-up 3)", "seed", "vamp", "vamp"),
-    "pythae-iwae5": ("IWAE paper 1 layer, pythae 0.1.2 IWAE k=5", "iwae", "normal", "iwae"),
+#: peer rows: row name -> (what it is, our preset and prior holding the networks, the trainer,
+#: its IWAE particle count)
+PEERS: dict[str, tuple[str, str, str, str, int]] = {
+    "plain-vae": ("seed net, hand-written PyTorch VAE", "seed", "normal", "plain", 1),
+    "pythae-vae": ("seed net, pythae 0.1.2 VAE", "seed", "normal", "vae", 1),
+    "pythae-vamp": ("seed net, pythae 0.1.2 VAMP (500, warm-up 3)", "seed", "vamp", "vamp", 1),
+    "pythae-iwae5": ("IWAE paper 1 layer, pythae 0.1.2 IWAE k=5", "iwae", "normal", "iwae", 5),
+    "pythae-iwae50": ("IWAE paper 1 layer, pythae 0.1.2 IWAE k=50", "iwae", "normal", "iwae", 50),
 }
 
 
@@ -173,7 +175,7 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
     from ppl_vae.runs import RunConfig, build_program, load_data
     from ppl_vae.train import fit
 
-    what, preset, prior, trainer = PEERS[name]
+    what, preset, prior, trainer, k = PEERS[name]
     folder = Path(args.out) / name
     finished = _finished(folder, args.epochs)
     if finished is not None:
@@ -197,7 +199,7 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
     if trainer == "plain":
         _peers.train_plain(vae, data.train, args.epochs, dynamic, args.seed)
     else:
-        model = _peers.pythae_model(trainer, vae, k=5, components=500, warmup=3)
+        model = _peers.pythae_model(trainer, vae, k=k, components=500, warmup=3)
         if model is None:
             raise SystemExit(f"row {name} needs pythae: pip install pythae==0.1.2 --no-deps")
         _peers.train_pythae(model, data.train, args.epochs, dynamic, args.seed)
