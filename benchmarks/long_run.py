@@ -110,6 +110,7 @@ def run(argv: list[str] | None = None) -> dict:
             entry["final"] = _point(mnist.evaluate_row(args.row, final))
         curve[str(m)] = entry
         curve_file.write_text(json.dumps(curve, indent=2) + "\n")
+        draw(folder, args, curve)  # after every milestone, so a stopped run has its picture
         print(f"    test NLL {-entry['curve']['log_likelihood']:.2f} (curve)", flush=True)
     print(table(args, curve))
     draw(folder, args, curve)
