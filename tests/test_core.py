@@ -321,3 +321,49 @@ def test_history_has_the_bounds_two_terms_and_the_curves_show_them(digits, tmp_p
     plot_curves(result.history, tmp_path / "c.png")
     with Image.open(tmp_path / "c.png") as im:
         assert im.size[0] == 1140, "two panels: the loss and its two terms"
+
+
+@pytest.mark.parametrize("objective", ["mean-field", "stl"])
+def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatch, objective):
+    """After one full epoch over in-memory rows, fit runs with Pyro's validation off: the
+    same losses and weights as a run that checks every step, and the checks are on again
+    after fit returns."""
+    from ppl_vae import train as train_module
+
+    seen, trainer_cls = [], train_module._Trainer
+    real = trainer_cls._validated
+
+    def spy(self):
+        seen.append(real(self))
+        return seen[-1]
+
+    runs = []
+    for skip in (True, False):
+        torch.manual_seed(0)
+        vae = small_vae()
+        monkeypatch.setattr(trainer_cls, "_validated", spy if skip else lambda self: False)
+        runs.append((fit(vae, digits, epochs=3, objective=objective, progress=False), vae))
+    assert seen == [False, True, True]
+    assert pyro.poutine.util.is_validation_enabled()
+    assert [h["train_loss"] for h in runs[0][0].history] == [
+        h["train_loss"] for h in runs[1][0].history
+    ]
+    _states_equal(runs[0][1].state_dict(), runs[1][1].state_dict())
+
+
+def test_a_dataloader_keeps_pyros_checks_every_epoch(digits, monkeypatch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ppl_vae import train as train_module
+
+    trainer_cls = train_module._Trainer
+    real, seen = trainer_cls._validated, []
+
+    def spy(self):
+        seen.append(real(self))
+        return seen[-1]
+
+    monkeypatch.setattr(trainer_cls, "_validated", spy)
+    loader = DataLoader(TensorDataset(torch.bernoulli(digits.train[:200])), batch_size=50)
+    fit(small_vae(), loader, epochs=2, progress=False)
+    assert seen == [False, False]
