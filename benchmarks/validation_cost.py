@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     data = dataclasses.replace(data, train=data.train[: args.rows], val=None)
     torch.manual_seed(0)
     base = build_vae(784)
-    default_rule = train._Trainer._validated
+    default_rule = train._Trainer._checks_skippable
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}")
     print(f"seed network, {args.rows} rows, batch 100; median s of epochs 2 to {args.epochs}")
     print("| objective | checks every epoch | fit (checks in epoch 1) | ratio |")
@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     for objective in ("mean-field", "stl"):
         seconds = {}
         for name, rule in (("checked", lambda self: False), ("fit", default_rule)):
-            train._Trainer._validated = rule
+            train._Trainer._checks_skippable = rule
             try:
                 result = fit_copy(base, data, args.epochs, objective)
             finally:
-                train._Trainer._validated = default_rule
+                train._Trainer._checks_skippable = default_rule
             seconds[name] = statistics.median(h["seconds"] for h in result.history[1:])
         print(
             f"| {objective} | {seconds['checked']:.2f} | {seconds['fit']:.2f} | "

@@ -532,12 +532,12 @@ class _Trainer:
         )
         if isinstance(self.engine, DistributedEngine):
             self.engine.interrupted = interrupted
-        with pyro.validation_enabled(False) if self._validated() else nullcontext():
+        with pyro.validation_enabled(False) if self._checks_skippable() else nullcontext():
             self._steps(interrupted, bar)
         bar.close()
         self.engine.set_weight(config.beta)
 
-    def _validated(self) -> bool:
+    def _checks_skippable(self) -> bool:
         """Whether Pyro's argument and support checks may be skipped in this epoch: every
         training row has passed them once (a full first epoch over in-memory rows, with no
         skipped step), so later epochs, the same rows reshuffled (or redrawn 0/1 by dynamic

@@ -331,7 +331,7 @@ def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatc
     from ppl_vae import train as train_module
 
     seen, trainer_cls = [], train_module._Trainer
-    real = trainer_cls._validated
+    real = trainer_cls._checks_skippable
 
     def spy(self):
         seen.append(real(self))
@@ -341,7 +341,7 @@ def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatc
     for skip in (True, False):
         torch.manual_seed(0)
         vae = small_vae()
-        monkeypatch.setattr(trainer_cls, "_validated", spy if skip else lambda self: False)
+        monkeypatch.setattr(trainer_cls, "_checks_skippable", spy if skip else lambda self: False)
         runs.append((fit(vae, digits, epochs=3, objective=objective, progress=False), vae))
     assert seen == [False, True, True]
     assert pyro.poutine.util.is_validation_enabled()
@@ -357,13 +357,13 @@ def test_a_dataloader_keeps_pyros_checks_every_epoch(digits, monkeypatch):
     from ppl_vae import train as train_module
 
     trainer_cls = train_module._Trainer
-    real, seen = trainer_cls._validated, []
+    real, seen = trainer_cls._checks_skippable, []
 
     def spy(self):
         seen.append(real(self))
         return seen[-1]
 
-    monkeypatch.setattr(trainer_cls, "_validated", spy)
+    monkeypatch.setattr(trainer_cls, "_checks_skippable", spy)
     loader = DataLoader(TensorDataset(torch.bernoulli(digits.train[:200])), batch_size=50)
     fit(small_vae(), loader, epochs=2, progress=False)
     assert seen == [False, False]
