@@ -47,6 +47,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr-schedule", default="iwae", help="as ppl-vae train's (default: iwae)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/long")
+    p.add_argument("--goal", type=float, default=None, help="an NLL to draw as a dashed line")
     args = p.parse_args(argv)
     milestones = sorted(set(args.milestones))
     if milestones[0] < 1:
@@ -163,6 +164,8 @@ def draw(folder: Path, args: argparse.Namespace, curve: dict) -> None:
         "o-",
         label=f"test NLL, K = {args.curve_samples}, {args.curve_points} points",
     )
+    if args.goal is not None:
+        ax.axhline(args.goal, ls="--", color="grey", lw=1, label=f"goal: {args.goal:.2f}")
     ax.set_xscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats")
