@@ -12,7 +12,7 @@ training loss into ``OUT/ROW/learning-curve.png``, and printed as a table.
 Usage (from the repository root)::
 
     python benchmarks/long_run.py --row vamp --lr-schedule iwae \\
-        --milestones 10 30 100 200 300 500 --out runs/long
+        --milestones 10 30 100 200 300 500 --out runs/long --goal 84.0
     python benchmarks/long_run.py --row seed --dataset mnist5k --milestones 1 2 \\
         --curve-samples 20 --curve-points 50 --samples 20 --test-limit 50 --out /tmp/lr-smoke
 
