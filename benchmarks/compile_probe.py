@@ -29,7 +29,7 @@ import torch._dynamo
 import torch._inductor.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import STEP_FLOP, cpu_model, matmul_peak  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,26 +84,17 @@ def main(argv: list[str] | None = None) -> None:
             optimizer.step()
         return (time.perf_counter() - started) / steps * 1e3
 
-    setup = {}
+    setup = {}  # name -> (seconds of the first 2 steps, which compile; dynamo's graph breaks)
     for name, fn in variants.items():
         torch._dynamo.utils.counters.clear()
-        setup[name] = run(fn, 2) * 2 / 1e3
-        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
-        setup[name] = (setup[name], breaks)
+        seconds = run(fn, 2) * 2 / 1e3
+        setup[name] = (seconds, sum(torch._dynamo.utils.counters["graph_break"].values()))
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, fn in variants.items():
             run(fn, 20)
             times[name].append(run(fn, args.steps))
-    a = torch.randn(1024, 1024)
-    b = torch.randn(1024, 1024)
-    for _ in range(3):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    peak = 2 * 1024**3 * 20 / (time.perf_counter() - started) / 1e9
-    flops = 417e6  # the step's matrix products, forward and backward (benchmarks/README.md)
+    peak = matmul_peak()
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}")
     print(f"float32 1024-square matrix product: {peak:.0f} GFLOP/s")
     base = statistics.median(times["eager torch"])
@@ -112,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in variants:
         ms = statistics.median(times[name])
         first, breaks = setup[name]
-        pct = 100 * flops / (ms / 1e3) / 1e9 / peak
+        pct = 100 * STEP_FLOP / (ms / 1e3) / 1e9 / peak
         print(f"| {name} | {ms:.2f} | {ms / base:.3f} | {pct:.0f} | {first:.1f} | {breaks} |")
 
 

@@ -102,8 +102,8 @@ def run(argv: list[str] | None = None) -> dict:
             print(f"milestone {m}: skipped, the run folder already holds {held} epochs")
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {args.row}: training to epoch {m}", flush=True)
-        mnist.train_row(args.row, _stage_args(args, m, args.curve_samples, args.curve_points))
         stage = _stage_args(args, m, args.curve_samples, args.curve_points)
+        mnist.train_row(args.row, stage)
         entry = {"curve": _point(mnist.evaluate_row(args.row, stage))}
         entry["train_seconds"] = mnist.train_seconds(args.row, {}, stage)
         if m == args.milestones[-1]:
