@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .fastmath import bernoulli
+
 __all__ = [
     "BINARIZE",
     "DATASETS",
@@ -118,6 +120,17 @@ def check_data(x: Tensor, *, binary: bool = False, what: str = "data") -> None:
         )
 
 
+def check_grey_levels(x: Tensor, what: str) -> None:
+    """Raise a ``ValueError`` unless every value of ``x`` lies in [0, 1], where x ~
+    Bernoulli(x) is defined."""
+    if len(x) and not bool(((x >= 0) & (x <= 1)).all()):
+        lo, hi = float(x.min()), float(x.max())
+        raise ValueError(
+            f"{what} draws x ~ Bernoulli(x) and needs grey levels in [0, 1], got values in "
+            f"[{lo:.3g}, {hi:.3g}]; rescale the data (x / 255 for 8-bit images)"
+        )
+
+
 def binarize(x: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
     """Binarize grey levels ``x`` in [0, 1], shape (N, D): ``stochastic``/``dynamic``/``static``
     draw x ~ Bernoulli(x); ``threshold`` keeps x > 0.5; ``none`` returns ``x``.
@@ -126,7 +139,8 @@ def binarize(x: Tensor, mode: str, generator: torch.Generator | None = None) -> 
     tensor([[0., 1.]])
     """
     if mode in ("dynamic", "static", "stochastic"):
-        return torch.bernoulli(x, generator=generator)
+        check_grey_levels(x, f"{mode} binarization")
+        return bernoulli(x, generator=generator)
     if mode == "threshold":
         return (x > 0.5).to(x.dtype)
     if mode == "none":

@@ -18,6 +18,7 @@ from .batching import TensorFeed, as_batch
 from .estimators import _sample_sites
 from .handlers import KLWeight, RegisteredParams
 from .program import Program, ProgramError, as_program, traces
+from .traced import TracedStep
 
 __all__ = [
     "ENGINES",
@@ -52,21 +53,81 @@ def _adam(params: list[Tensor], lr: float) -> torch.optim.Adam:
 
 
 class FastEngine:
-    """The Pyro objective on the program, one ``torch.optim.Adam`` over every parameter."""
+    """The Pyro objective on the program, one ``torch.optim.Adam`` over every parameter.
+
+    With :meth:`use_graph` the steps replay a traced graph of the step instead
+    (:mod:`ppl_vae.traced`); the first replayed step of every epoch is checked against the
+    eager step, and a step that cannot be traced, or a replay that disagrees, sends the rest
+    of the run back to the eager step with the reason in :attr:`graph_note`."""
 
     def __init__(self, program: Program, objective: Any, lr: float, beta: float) -> None:
         params = list(program.parameters.values())
+        self.params = params
         self.weights = KLWeight(beta), KLWeight(beta)
+        self.weight = float(beta)
         held = RegisteredParams(params), RegisteredParams(params)
         self.model = held[0](self.weights[0](program.model))
         self.guide = held[1](self.weights[1](program.guide))
         self.objective = objective
         self.optimizer = _adam(params, lr)
         self._checked = False
+        self._key = (program.model, program.guide)
+        self.graph: TracedStep | None = None
+        self._graph_failed = False
+        self._verify = False
+        #: how the steps run: None while eager by choice; else what the graph does or why
+        #: the run went back to the eager step
+        self.graph_note: str | None = None
 
     def set_weight(self, weight: float) -> None:
+        self.weight = float(weight)
         for w in self.weights:
             w.weight = weight
+
+    def use_graph(self, mode: str | None) -> None:
+        """From the next step on, steps replay a traced graph (``mode`` "trace") or a
+        compiled one ("compile"); None: eager steps. The first replayed step is checked."""
+        if mode is None or self._graph_failed:
+            self.graph = None if mode is None else self.graph
+            return
+        if self.graph is None or self.graph.compile != (mode == "compile"):
+            self.graph = TracedStep(
+                self.objective,
+                self.model,
+                self.guide,
+                self.weights,
+                self.params,
+                self._key,
+                compile=mode == "compile",
+            )
+        self._verify = True
+
+    def _give_up_graph(self, why: str) -> None:
+        self.graph, self._graph_failed = None, True
+        self.graph_note = f"eager steps: the traced step {why}"
+
+    def _graph_step(self, batch: tuple) -> tuple[Tensor, tuple] | None:
+        """Loss and gradients from the graph; None (and eager from now on) when it fails."""
+        assert self.graph is not None
+        state = torch.get_rng_state()
+        try:
+            out, why = self.graph.step(batch, self.weight, check=self._verify)
+        except Exception as e:  # noqa: BLE001 - any failure to trace: the eager step instead
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self._give_up_graph(f"could not be traced ({type(e).__name__}: {first[:200]})")
+            torch.set_rng_state(state)
+            return None
+        self._verify = False
+        if why is not None:
+            self._give_up_graph(f"did not match the eager step: {why}")
+            return None
+        if self.graph_note is None:
+            self.graph_note = (
+                "compiled (torch.compile of the traced step)"
+                if self.graph.compile
+                else "traced (the step's graph replayed)"
+            )
+        return out
 
     def _loss(self, batch: tuple) -> Tensor:
         """The objective's loss summed over ``batch``; an error when no parameter reaches it."""
@@ -79,12 +140,21 @@ class FastEngine:
         return loss
 
     def step(self, batch: tuple) -> float:
-        loss = self._loss(batch) / len(batch[0])
-        value = loss.item()
-        if not math.isfinite(value):  # before any update: the parameters stay as they were
-            raise NonFiniteLoss(value)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out = self._graph_step(batch) if self.graph is not None else None
+        if out is not None:
+            loss, grads = out
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLoss(value)
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = g
+        else:
+            loss = self._loss(batch) / len(batch[0])
+            value = loss.item()
+            if not math.isfinite(value):  # before any update: the parameters stay as they were
+                raise NonFiniteLoss(value)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if not self._checked:
             self._check_gradients()
         self.optimizer.step()

@@ -13,6 +13,10 @@ error under 6e-8 (float32), the size of ``log1p``'s own rounding. Measured on a 
 block, 2 threads (AMD EPYC, torch 2.14.1): 1.5 ms against 8.1 ms for ``F.softplus`` and
 9.1 ms for ``binary_cross_entropy_with_logits``, with the same largest error against float64
 (5.3e-7 and 5.4e-7). The backward pass is ``sigmoid(h)``, exact, from the saved input alone.
+
+:func:`bernoulli` draws x ~ Bernoulli(p) as ``torch.bernoulli`` does on the CPU, one uniform
+per element in memory order, ``u < p``, but through the uniform kernel, so the draws are the
+same bit for bit and 3.6x faster (a 100 x 784 batch: 215 against 780 us, 2 threads).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions.utils import broadcast_all
 
-__all__ = ["FastBernoulli", "Softplus", "plain_copy", "softplus"]
+__all__ = ["FastBernoulli", "Softplus", "bernoulli", "plain_copy", "softplus"]
 
 
 class _Softplus(torch.autograd.Function):
@@ -53,6 +57,23 @@ def softplus(h: Tensor) -> Tensor:
     tensor([0.])
     """
     return _Softplus.apply(h)
+
+
+def bernoulli(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """0/1 draws x ~ Bernoulli(p) elementwise, shape and dtype of ``p``: the very numbers
+    ``torch.bernoulli(p, generator=generator)`` gives, and leaves ``generator`` (or torch's
+    global generator) in the same state. On the CPU, for a contiguous float32 or float64
+    ``p``, they come from ``torch.rand(...) < p``, the same uniforms compared the same way
+    (tested against ``torch.bernoulli`` in tests/test_fastmath.py); elsewhere from
+    ``torch.bernoulli`` itself. ``p`` must lie in [0, 1]: this is not checked here.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> bernoulli(torch.tensor([0.0, 0.5, 1.0]), g)
+    tensor([0., 0., 1.])
+    """
+    if p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) and p.is_contiguous():
+        return torch.rand(p.shape, generator=generator, dtype=p.dtype).lt_(p)
+    return torch.bernoulli(p, generator=generator)
 
 
 class Softplus(nn.Module):

@@ -49,7 +49,9 @@ class KLWeight(Messenger):
         self.weight = float(weight)
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if self.weight == 1.0 or msg["is_observed"] or site_is_subsample(msg):
+        # a tensor weight: a traced step's input (ppl_vae.traced), multiplied in even at 1
+        one = not isinstance(self.weight, Tensor) and self.weight == 1.0
+        if one or msg["is_observed"] or site_is_subsample(msg):
             return
         msg["scale"] = self.weight * msg["scale"]
 

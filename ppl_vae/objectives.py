@@ -10,7 +10,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO
 from pyro.infer.inspect import get_dependencies
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
@@ -257,7 +257,9 @@ def make_objective(
             )
         return AnalyticKLELBO(num_particles=particles)
     if name == "elbo":
-        return Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
+        from .stl import TensorTraceELBO
+
+        return TensorTraceELBO(num_particles=particles, vectorize_particles=particles > 1)
     if name == "stl":
         from .stl import STLELBO
 

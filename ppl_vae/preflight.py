@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .batching import Feed, cast_batch, check_finite, make_feed
-from .data import DataSplits
+from .data import DataSplits, check_grey_levels
 from .program import Program, ProgramError, as_program, binary_observation, check_observed
 
 __all__ = ["cast", "check_data", "discover", "feeds", "first_trace", "split_arguments"]
@@ -32,8 +32,8 @@ def split_arguments(program: Any, args: tuple) -> tuple[Program, Any, Any]:
 def feeds(data: Any, val: Any, config: Any) -> tuple[Feed, Feed | None, DataSplits | None]:
     splits = data if isinstance(data, DataSplits) else None
     if splits is not None:
-        if splits.dynamic and (splits.train.min() < 0 or splits.train.max() > 1):
-            raise ValueError("dynamic binarization needs training data in [0, 1]")
+        if splits.dynamic:
+            check_grey_levels(splits.train, "dynamic binarization of the training data")
         data, val = splits.train, splits.val if val is None else val
         if val is not None and len(val) == 0:  # trained on every row (--val-size 0)
             val = None

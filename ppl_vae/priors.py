@@ -207,7 +207,7 @@ class _AffineAutoregressive(T.AffineAutoregressive):
 
     def _inverse(self, y: Tensor) -> Tensor:
         x = [y.new_zeros(y.shape[:-1])] * y.shape[-1]
-        for idx in self.arn.permutation:
+        for idx in self.arn.permutation.tolist():
             mean, log_scale = self.arn(torch.stack(x, dim=-1))
             log_scale = clamp_preserve_gradients(
                 log_scale[..., idx], self.log_scale_min_clip, self.log_scale_max_clip

@@ -5,12 +5,61 @@ from __future__ import annotations
 import torch
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import Trace_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import torch_item
 from pyro.poutine import Trace
 
-__all__ = ["STLELBO"]
+__all__ = ["STLELBO", "TensorTraceELBO"]
 
 
-class STLELBO(Trace_ELBO):
+class TensorTraceELBO(Trace_ELBO):
+    """``pyro.infer.Trace_ELBO`` with the loss's value kept in a detached tensor, where Pyro
+    adds up Python floats (``.item()`` per site): the same surrogate, so the same gradient to
+    the bit, and the same value to float rounding; with no ``.item()`` in the step, a step can
+    be traced once and replayed (:mod:`ppl_vae.traced`)."""
+
+    def _differentiable_loss_particle(
+        self, model_trace: Trace, guide_trace: Trace
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        elbo: torch.Tensor | float = 0.0
+        surrogate: torch.Tensor | float = 0.0
+        log_r = None
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"].detach()
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo = elbo - site["log_prob_sum"].detach()
+                if not is_identically_zero(entropy_term):
+                    surrogate = surrogate - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    if log_r is None:
+                        log_r = _compute_log_r(model_trace, guide_trace)
+                    term = log_r.sum_to(site["cond_indep_stack"])
+                    surrogate = surrogate + (term * score_function_term).sum()
+        return -torch.as_tensor(elbo), -torch.as_tensor(surrogate)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """Minus the ELBO (a scalar whose gradient is the surrogate's)."""
+        loss: torch.Tensor | float = 0.0
+        surrogate: torch.Tensor | float = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            particle, surrogate_particle = self._differentiable_loss_particle(
+                model_trace, guide_trace
+            )
+            loss = loss + particle / self.num_particles
+            surrogate = surrogate + surrogate_particle / self.num_particles
+        surrogate = torch.as_tensor(surrogate)
+        return loss + (surrogate - surrogate.detach())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Pyro's (a backward pass per particle), with the loss returned as a float."""
+        return torch_item(super().loss_and_grads(model, guide, *args, **kwargs))
+
+
+class STLELBO(TensorTraceELBO):
     """The Monte Carlo ELBO with the "sticking the landing" gradient (Roeder, Wu & Duvenaud 2017).
 
     For a reparameterized guide ``z = g_phi(eps)`` the total derivative of one particle's ELBO is

@@ -51,11 +51,13 @@ from .engines import (
     mean_loss,
     negative_bound,
 )
+from .fastmath import bernoulli
 from .handlers import warmup_weight
 from .objectives import OBJECTIVES, kl_obstacles, make_objective, resolve
 from .preflight import cast, check_data, discover, feeds, split_arguments
 from .program import Program, ProgramError, check_pair, traces
 from .schedules import SCHEDULES, Schedule
+from .traced import MODES, compiler_available
 from .trackers import Tracker
 
 __all__ = [
@@ -117,6 +119,14 @@ class FitConfig:
         0, "skip up to N steps whose loss is not finite (no update); 0: stop at the first"
     )
     engine: str = _opt("fast", "fast: Pyro ELBO + one torch Adam; svi: pyro.infer.SVI", ENGINES)
+    compile: str = _opt(
+        "auto",
+        "the fast engine's steps once Pyro's checks are off (from epoch 2): compile: traced "
+        "once and compiled by torch.compile (equal to float rounding); trace: traced and "
+        "replayed (equal to the bit); off: Pyro every step; auto: compile where an epoch has "
+        "200 steps or more and a C++ compiler is found, else off",
+        MODES,
+    )
     progress: bool = _opt(True, "show a progress bar and a line per epoch")
     eval_batch_size: int = _opt(1000, "data points per validation batch")
 
@@ -137,6 +147,7 @@ def kl_warmup(config: FitConfig) -> float:
 #: the same as an uninterrupted one.
 RESUMABLE = (
     "epochs",
+    "compile",
     "patience",
     "progress",
     "checkpoint_every",
@@ -160,6 +171,9 @@ class FitResult:
     objective: str = ""
     #: optimisation steps of the whole run (resumed ones included)
     steps: int = 0
+    #: how the last epoch's steps ran: "eager", "traced ...", "compiled ...", or why the
+    #: traced step was given up (``compile`` setting; ppl_vae.traced)
+    step_mode: str = "eager"
 
 
 @dataclass
@@ -209,6 +223,7 @@ def check_config(config: FitConfig) -> None:
             continue
         need(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, ">= 0")
     need(config.engine in ENGINES, "engine", f"one of {list(ENGINES)}")
+    need(config.compile in MODES, "compile", f"one of {list(MODES)}")
     need(config.objective in OBJECTIVES, "objective", f"one of {list(OBJECTIVES)}")
     need(config.lr_schedule in SCHEDULES, "lr_schedule", f"one of {list(SCHEDULES)}")
     if config.engine == "svi" and config.lr_schedule != "constant":
@@ -372,7 +387,7 @@ class _Trainer:
     def _check_first_batches(self, splits: DataSplits | None) -> None:
         first = cast(self.train_feed.first(), self.dtype, self.device)
         if self.train_feed.dynamic:
-            first = (torch.bernoulli(first[0]), *first[1:])
+            first = (bernoulli(first[0]), *first[1:])
         self._first_train = first
         check_data(self.program, first, splits, "the training data")
         if self.val_feed is not None:
@@ -532,10 +547,35 @@ class _Trainer:
         )
         if isinstance(self.engine, DistributedEngine):
             self.engine.interrupted = interrupted
+        before = getattr(self.engine, "graph_note", None)
         with pyro.validation_enabled(False) if self._checks_skippable() else nullcontext():
+            if type(self.engine) is FastEngine:
+                self.engine.use_graph(self._graph_mode())
             self._steps(interrupted, bar)
         bar.close()
+        note = getattr(self.engine, "graph_note", None)
+        if note is not None:
+            self.result.step_mode = note
+            if note != before and config.progress:
+                tqdm.write(f"epoch {state.epoch + 1}: {note}")
         self.engine.set_weight(config.beta)
+
+    def _graph_mode(self) -> str | None:
+        """What ``compile`` asks of this epoch: "compile", "trace" or None (eager steps). A
+        traced step needs Pyro's checks off (they read values), the plain fast engine (not
+        SVI, not torch.distributed) and the CPU."""
+        mode = self.config.compile
+        if mode == "auto":
+            n = self.train_feed.n_batches or 0
+            mode = "compile" if n >= 200 and compiler_available() else "off"
+        if (
+            mode == "off"
+            or type(self.engine) is not FastEngine
+            or self.device.type != "cpu"
+            or pyro.poutine.util.is_validation_enabled()
+        ):
+            return None
+        return mode
 
     def _checks_skippable(self) -> bool:
         """Whether Pyro's argument and support checks may be skipped in this epoch: every

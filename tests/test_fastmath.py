@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ppl_vae import build_vae, fit, log_likelihood
-from ppl_vae.fastmath import FastBernoulli, plain_copy, softplus
+from ppl_vae.data import binarize
+from ppl_vae.fastmath import FastBernoulli, bernoulli, plain_copy, softplus
 
 
 def test_softplus_matches_torch_to_the_float_resolution_at_one():
@@ -21,6 +22,35 @@ def test_softplus_matches_torch_to_the_float_resolution_at_one():
         error = (softplus(h).double() - exact).abs()
         scale = h.double().abs().clamp(min=1)
         assert (error / scale).max() <= 2 * atol, (dtype, (error / scale).max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1,), (7,), (100, 784), (37, 3, 5), (3000, 784)])
+def test_bernoulli_draws_are_torch_bernoullis(dtype, shape):
+    """The same 0/1 draws as torch.bernoulli, call after call, and the generator left where
+    torch.bernoulli leaves it (its next uniforms agree)."""
+    p = torch.rand(shape, dtype=dtype)
+    p[..., 0] = 0.0  # never drawn
+    p.view(-1)[-1] = 1.0  # always drawn
+    mine, torchs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x = bernoulli(p, mine)
+        assert x.dtype == dtype and x.shape == p.shape
+        assert torch.equal(x, torch.bernoulli(p, generator=torchs))
+    assert torch.equal(torch.rand(5, generator=mine), torch.rand(5, generator=torchs))
+    torch.manual_seed(1)  # torch's global generator alike
+    x = bernoulli(p)
+    torch.manual_seed(1)
+    assert torch.equal(x, torch.bernoulli(p))
+
+
+def test_bernoulli_of_a_non_contiguous_tensor_and_binarize_are_torch_bernoullis():
+    p = torch.rand(40, 30).t()  # drawn by torch.bernoulli itself, in its own element order
+    for draw in (bernoulli, lambda p, g: binarize(p, "static", g)):
+        mine, torchs = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        assert torch.equal(draw(p, mine), torch.bernoulli(p, generator=torchs))
+    with pytest.raises(ValueError, match=r"grey levels in \[0, 1\], got values in \[0, 2\]"):
+        binarize(torch.tensor([[0.0, 2.0]]), "dynamic")
 
 
 def test_softplus_gradient_is_the_sigmoid():
