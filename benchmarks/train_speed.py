@@ -2,7 +2,10 @@
 
 Every variant trains the seed network (784-300-300-50, softplus, Bernoulli) with batch 100 on
 the same binarized MNIST rows, one epoch per measurement, the variants interleaved in one
-process; the table shows the median over repeats and the ratio to plain PyTorch. With
+process; the table shows the median over repeats and the ratio to plain PyTorch. Pyro's
+validation is off, so the ``compile`` rows replay their graph from the first step of every
+``fit`` call; the graph is traced (and compiled) once, in the warm-up, and each call checks
+its first step against the eager one (one extra step in 100, counted in the times). With
 ``--quality`` it also trains ppl_vae and plain PyTorch for 10 epochs and compares test NLL.
 
 A second table times the importance-weighted bound at ``--iwae-k`` particles (50 by default;
@@ -53,7 +56,7 @@ def plain_epoch(vae, opt, x, gen, batch_size=100):
         opt.step()
 
 
-def user_functions(vae):
+def user_functions(vae, name="user"):
     """The seed network as a user writes it: two plain functions that register the networks
     with ``pyro.module`` (here the very modules of ``vae``, and its likelihood,
     ``ppl_vae.fastmath.FastBernoulli``, so that the arithmetic is the same and the row
@@ -63,13 +66,13 @@ def user_functions(vae):
     z_dim = vae.z_dim
 
     def model(x):
-        pyro.module("user_decoder", decoder)
+        pyro.module(f"{name}_decoder", decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(z_dim), 1.0).to_event(1))
             pyro.sample("x", FastBernoulli(logits=decoder.net(z)).to_event(1), obs=x)
 
     def guide(x):
-        pyro.module("user_encoder", encoder)
+        pyro.module(f"{name}_encoder", encoder)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", encoder(x))
 
@@ -206,9 +209,11 @@ def main() -> None:
         return
 
     plain_vae, fast_vae, svi_fit_vae, default_vae = plain_copy(base), clone(), clone(), clone()
+    traced_vae, compiled_vae, compiled_default_vae = clone(), clone(), clone()
     same = {"objective": "mean-field", "warmup": 0}  # the hand-written loop's computation
     svi_vae = plain_copy(base)  # Pyro's example as users write it: nn.Softplus, dist.Bernoulli
     user_model, user_guide = user_functions(clone())
+    compiled_user = user_functions(clone(), "compiled_user")
     plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
     svi = SVI(svi_vae.model, svi_vae.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
     gens = {k: torch.Generator().manual_seed(0) for k in ("plain", "svi")}
@@ -222,8 +227,22 @@ def main() -> None:
         "ppl_vae.fit defaults (STL, KL warm-up)": lambda: fit(
             default_vae, train_only, epochs=1, progress=False
         ),
+        "ppl_vae.fit (analytic KL), compile='trace' (the graph replayed)": lambda: fit(
+            traced_vae, train_only, epochs=1, progress=False, compile="trace", **same
+        ),
+        "ppl_vae.fit (analytic KL), compile='compile' (torch.compile)": lambda: fit(
+            compiled_vae, train_only, epochs=1, progress=False, compile="compile", **same
+        ),
+        "ppl_vae.fit defaults, compile='compile' (auto's choice at 200+ steps an epoch)": (
+            lambda: fit(
+                compiled_default_vae, train_only, epochs=1, progress=False, compile="compile"
+            )
+        ),
         "ppl_vae.fit(model, guide) on user-written functions (pyro.module)": lambda: fit(
             user_model, user_guide, train_only, epochs=1, progress=False, **same
+        ),
+        "the same user-written functions, compile='compile'": lambda: fit(
+            *compiled_user, train_only, epochs=1, progress=False, compile="compile", **same
         ),
         "ppl_vae.fit(engine='svi') (pyro.infer.SVI inside fit)": lambda: fit(
             svi_fit_vae, train_only, epochs=1, engine="svi", progress=False, **same

@@ -16,7 +16,8 @@ block, 2 threads (AMD EPYC, torch 2.14.1): 1.5 ms against 8.1 ms for ``F.softplu
 
 :func:`bernoulli` draws x ~ Bernoulli(p) as ``torch.bernoulli`` does on the CPU, one uniform
 per element in memory order, ``u < p``, but through the uniform kernel, so the draws are the
-same bit for bit and 3.6x faster (a 100 x 784 batch: 215 against 780 us, 2 threads).
+same bit for bit and faster: a batch of 100 MNIST digits inside ``fit`` took 231 against
+314 us, a 100 x 784 block of uniform probabilities 215 against 780 us (2 threads).
 """
 
 from __future__ import annotations
