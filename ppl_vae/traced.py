@@ -186,7 +186,8 @@ def _compiled(traced: Callable) -> Callable:
     compiled = torch.compile(traced, dynamic=False)
 
     def run(*args: Tensor) -> Any:
-        with inductor.patch(fallback_random=True):  # read when kernels are generated
+        # no autograd of inductor's own: the graph holds the backward pass
+        with torch.no_grad(), inductor.patch(fallback_random=True):  # read at code generation
             return compiled(*args)
 
     return run
