@@ -9,7 +9,8 @@ import torch
 
 from ppl_vae import build_vae, fit, log_likelihood
 from ppl_vae.data import binarize
-from ppl_vae.fastmath import FastBernoulli, bernoulli, plain_copy, softplus
+from ppl_vae.fastmath import FastBernoulli, bernoulli, fused_elementwise, plain_copy, softplus
+from ppl_vae.traced import compiler_available
 
 
 def test_softplus_matches_torch_to_the_float_resolution_at_one():
@@ -115,3 +116,21 @@ def test_training_steps_equal_the_plain_operations():
         vae.named_parameters(), plain_vae.named_parameters(), strict=True
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_kernels_give_the_plain_estimates_and_leave_gradients_alone():
+    """log_likelihood(compile=True) runs the softplus and the likelihood as compiled kernels:
+    the plain (nn.Softplus, Pyro's Bernoulli) estimates on the same draws, to float32
+    rounding; with gradients on, the kernels are not used."""
+    vae, x = _vae(), torch.rand(12, 784).bernoulli()
+    compiled = log_likelihood(vae.model, vae.guide, x, num_samples=300, seed=3, compile=True)
+    plain_vae = plain_copy(vae)
+    plain = log_likelihood(plain_vae.model, plain_vae.guide, x, num_samples=300, seed=3)
+    torch.testing.assert_close(compiled, plain, atol=3e-4, rtol=0)
+    h = torch.randn(64, 30, requires_grad=True)
+    with fused_elementwise():
+        (g,) = torch.autograd.grad(softplus(h).sum(), h)  # the autograd function, as outside
+        torch.testing.assert_close(g, torch.sigmoid(h), atol=0, rtol=0)
+        with torch.no_grad():  # the kernel: the same values to rounding
+            torch.testing.assert_close(softplus(h), torch.nn.functional.softplus(h))
