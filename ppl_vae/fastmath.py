@@ -72,10 +72,9 @@ def _kernel(name: str) -> Any:
     over memory instead of six to eight), built at first use (seconds, once per process)."""
     kernel = _FUSED.get(name)
     if kernel is None:
-        import logging
+        from .traced import quiet_inductor
 
-        # inductor's CPU build looks for CUDA and logs a warning when there is none
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        quiet_inductor()
         fn = _softplus_expression if name == "softplus" else _bernoulli_expression
         kernel = _FUSED[name] = torch.compile(fn, dynamic=True)
     return kernel

@@ -53,6 +53,13 @@ def compiler_available() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+def quiet_inductor() -> None:
+    """Silence the warning inductor's CPU build logs when it finds no CUDA toolkit."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def _key_of(fn: Callable) -> Any:
     self = getattr(fn, "__self__", None)  # a bound method: a new object at every access
     return (id(self), getattr(fn, "__func__", fn)) if self is not None else id(fn)
@@ -177,12 +184,9 @@ def _compiled(traced: Callable) -> Callable:
     """``traced`` under ``torch.compile``, with torch's own random kernels (the same draws
     in the same order as the eager step) and no autograd of its own (the graph holds the
     backward pass)."""
-    import logging
-
     import torch._inductor.config as inductor
 
-    # inductor's CPU build looks for CUDA and logs a warning when there is none
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    quiet_inductor()
     compiled = torch.compile(traced, dynamic=False)
 
     def run(*args: Tensor) -> Any:
