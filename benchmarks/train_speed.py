@@ -140,6 +140,7 @@ def iwae_table(base, data, x, k, repeats, peak) -> None:
     plain_vae = plain_copy(base)
     plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
     iwae_vae, dreg_vae = copy.deepcopy(base), copy.deepcopy(base)
+    iwae_c, dreg_c = copy.deepcopy(base), copy.deepcopy(base)
     gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "pythae")}
     ref_name = f"plain PyTorch batched IWAE step (k={k})"
     variants = {
@@ -150,6 +151,24 @@ def iwae_table(base, data, x, k, repeats, peak) -> None:
         f"ppl_vae.fit, objective='iwae-dreg' (k={k})": lambda: fit(
             dreg_vae, train_only, epochs=1, objective="iwae-dreg", particles=k, progress=False
         ),
+        f"ppl_vae.fit, objective='iwae' (k={k}), compile='compile'": lambda: fit(
+            iwae_c,
+            train_only,
+            epochs=1,
+            objective="iwae",
+            particles=k,
+            progress=False,
+            compile="compile",
+        ),  # fmt: skip
+        f"ppl_vae.fit, objective='iwae-dreg' (k={k}), compile='compile'": lambda: fit(
+            dreg_c,
+            train_only,
+            epochs=1,
+            objective="iwae-dreg",
+            particles=k,
+            progress=False,
+            compile="compile",
+        ),  # fmt: skip
     }
     pmodel = pythae_model("iwae", plain_copy(base), k=k)
     if pmodel is not None:  # pythae's data are static within an epoch: a fresh draw per epoch

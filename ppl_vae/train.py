@@ -123,8 +123,8 @@ class FitConfig:
         "auto",
         "the fast engine's steps once Pyro's checks are off (from epoch 2): compile: traced "
         "once and compiled by torch.compile (equal to float rounding); trace: traced and "
-        "replayed (equal to the bit); off: Pyro every step; auto: compile where an epoch has "
-        "200 steps or more and a C++ compiler is found, else off",
+        "replayed (equal to the bit); off: Pyro every step; auto: compile with one particle "
+        "where an epoch has 200 steps or more and a C++ compiler is found, else off",
         MODES,
     )
     progress: bool = _opt(True, "show a progress bar and a line per epoch")
@@ -565,9 +565,10 @@ class _Trainer:
         traced step needs Pyro's checks off (they read values), the plain fast engine (not
         SVI, not torch.distributed) and the CPU."""
         mode = self.config.compile
-        if mode == "auto":
+        if mode == "auto":  # where compiling paid (benchmarks/README.md, train_speed.py)
             n = self.train_feed.n_batches or 0
-            mode = "compile" if n >= 200 and compiler_available() else "off"
+            one = self.config.particles == 1  # at k = 50 the matrix products dominate: no gain
+            mode = "compile" if n >= 200 and one and compiler_available() else "off"
         if (
             mode == "off"
             or type(self.engine) is not FastEngine
