@@ -25,13 +25,14 @@ What it assumes, and how that is checked:
   eagerly and says why.
 - **The CPU.** Other devices run eagerly (not tested here).
 
-Graphs are kept per program, objective and batch shape for the life of the process, so
-repeated ``fit`` calls on the same program trace and compile once.
+The last 8 graphs are kept per program, objective and batch shape, so repeated ``fit``
+calls on the same program trace and compile once.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,7 +44,10 @@ __all__ = ["MODES", "TracedStep", "compiler_available"]
 #: ``fit``'s ``compile`` setting: ``auto`` compiles long epochs (see ``FitConfig``)
 MODES = ("auto", "compile", "trace", "off")
 
-_CACHE: dict[tuple, tuple[list[weakref.ref], Callable]] = {}
+#: the graphs kept, newest last; a graph holds its program's parameters, so only a few are
+#: kept (an evicted one is traced again when needed)
+_CACHE: OrderedDict[tuple, tuple[list[weakref.ref], Callable]] = OrderedDict()
+_CACHE_SIZE = 8
 
 
 def compiler_available() -> bool:
@@ -122,6 +126,7 @@ class TracedStep:
         key = (*self.key, weighted, tuple((tuple(t.shape), t.dtype) for t in batch))
         hit = _CACHE.get(key)
         if hit is not None and all(r() is p for r, p in zip(hit[0], self.params, strict=True)):
+            _CACHE.move_to_end(key)
             return hit[1]
         if weighted:  # the weight an input, as a float64 scalar: the arithmetic of a float
             joint = self._joint
@@ -136,6 +141,8 @@ class TracedStep:
             )
         run = _compiled(traced) if self.compile else traced
         _CACHE[key] = ([weakref.ref(p) for p in self.params], run)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
         return run
 
     def __call__(self, batch: tuple, weight: float) -> tuple[Tensor, tuple]:
