@@ -226,6 +226,7 @@ def _train_and_evaluate(args, run, fit_config, program, data, out, trackers, sta
         "epochs": len(result.history),
         "train_seconds": seconds,
         "final": result.history[-1] if result.history else None,
+        "step_mode": result.step_mode,  # eager, traced, compiled, or why eager (--compile)
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     pictures = []

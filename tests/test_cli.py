@@ -27,6 +27,15 @@ def test_train_writes_metrics_checkpoint_and_pictures(run_dir):
     for name in ("checkpoint.pt", "config.json", "metrics.jsonl", "samples.png", "curves.png"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "reconstructions.png").stat().st_size > 1000
+    assert metrics["step_mode"] == "eager"  # --compile auto: digits' epochs are short
+
+
+def test_train_with_a_traced_step_says_so(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "2"]
+    assert main([*argv, "--compile", "trace", "--eval-samples", "2", "--out", str(tmp_path)]) == 0
+    assert "epoch 2: traced (the step's graph replayed)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step_mode"].startswith("traced")
 
 
 def test_evaluate_json(run_dir, capsys):
