@@ -143,32 +143,22 @@ def iwae_table(base, data, x, k, repeats, peak) -> None:
     iwae_c, dreg_c = copy.deepcopy(base), copy.deepcopy(base)
     gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "pythae")}
     ref_name = f"plain PyTorch batched IWAE step (k={k})"
+
+    def run_fit(vae, objective, **options):
+        return lambda: fit(
+            vae, train_only, epochs=1, objective=objective, particles=k, progress=False, **options
+        )
+
     variants = {
         ref_name: lambda: plain_iwae_epoch(plain_vae, plain_opt, x, gens["plain"], k),
-        f"ppl_vae.fit, objective='iwae' (k={k})": lambda: fit(
-            iwae_vae, train_only, epochs=1, objective="iwae", particles=k, progress=False
+        f"ppl_vae.fit, objective='iwae' (k={k})": run_fit(iwae_vae, "iwae"),
+        f"ppl_vae.fit, objective='iwae-dreg' (k={k})": run_fit(dreg_vae, "iwae-dreg"),
+        f"ppl_vae.fit, objective='iwae' (k={k}), compile='compile'": run_fit(
+            iwae_c, "iwae", compile="compile"
         ),
-        f"ppl_vae.fit, objective='iwae-dreg' (k={k})": lambda: fit(
-            dreg_vae, train_only, epochs=1, objective="iwae-dreg", particles=k, progress=False
+        f"ppl_vae.fit, objective='iwae-dreg' (k={k}), compile='compile'": run_fit(
+            dreg_c, "iwae-dreg", compile="compile"
         ),
-        f"ppl_vae.fit, objective='iwae' (k={k}), compile='compile'": lambda: fit(
-            iwae_c,
-            train_only,
-            epochs=1,
-            objective="iwae",
-            particles=k,
-            progress=False,
-            compile="compile",
-        ),  # fmt: skip
-        f"ppl_vae.fit, objective='iwae-dreg' (k={k}), compile='compile'": lambda: fit(
-            dreg_c,
-            train_only,
-            epochs=1,
-            objective="iwae-dreg",
-            particles=k,
-            progress=False,
-            compile="compile",
-        ),  # fmt: skip
     }
     pmodel = pythae_model("iwae", plain_copy(base), k=k)
     if pmodel is not None:  # pythae's data are static within an epoch: a fresh draw per epoch
