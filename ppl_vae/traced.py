@@ -39,9 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["MODES", "TracedStep", "compiler_available"]
+__all__ = ["MODES", "TracedStep", "compiler_available", "quiet_inductor"]
 
-#: ``fit``'s ``compile`` setting: ``auto`` compiles long epochs (see ``FitConfig``)
+#: ``fit``'s ``compile`` setting: ``auto`` compiles one-particle objectives on long epochs
+#: (see ``FitConfig``)
 MODES = ("auto", "compile", "trace", "off")
 
 #: the graphs kept, newest last; a graph holds its program's parameters, so only a few are
