@@ -87,8 +87,8 @@ class FastEngine:
     def use_graph(self, mode: str | None) -> None:
         """From the next step on, steps replay a traced graph (``mode`` "trace") or a
         compiled one ("compile"); None: eager steps. The first replayed step is checked."""
-        if mode is None or self._graph_failed:
-            self.graph = None if mode is None else self.graph
+        if mode is None or self._graph_failed:  # a failed graph is already None
+            self.graph = None
             return
         if self.graph is None or self.graph.compile != (mode == "compile"):
             self.graph = TracedStep(

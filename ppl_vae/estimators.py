@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -521,18 +522,6 @@ def log_likelihood(
 
         rows = next((len(a) for a in args if isinstance(a, Tensor) and a.dim() > 0), 0)
         compile = rows * num_samples >= 5_000_000 and compiler_available()
-    if compile:
-        with fused_elementwise():
-            return log_likelihood(
-                model, guide, *args, num_samples=num_samples, chunk_size=chunk_size,
-                batch_size=batch_size, plate=plate, diagnostics=diagnostics,
-                progress=progress, seed=seed, distributed=distributed, compile=False, **kwargs,
-            )  # fmt: skip
-    if diagnostics:
-        reduce = lambda chunks: _diagnose(torch.cat(list(chunks), 0))  # noqa: E731
-        fields = _per_point(model, guide, args, kwargs, reduce, options)
-        _no_nan(fields[0], "log p(x)")
-        return LogLikelihood(*fields, num_samples=num_samples)
 
     def streamed(chunks: Iterator[Tensor]) -> tuple[Tensor]:
         acc = None
@@ -541,7 +530,13 @@ def log_likelihood(
             acc = lse if acc is None else torch.logaddexp(acc, lse)
         return (acc - math.log(num_samples),)
 
-    return _no_nan(_per_point(model, guide, args, kwargs, streamed, options)[0], "log p(x)")
+    with fused_elementwise() if compile else nullcontext():
+        if diagnostics:
+            reduce = lambda chunks: _diagnose(torch.cat(list(chunks), 0))  # noqa: E731
+            fields = _per_point(model, guide, args, kwargs, reduce, options)
+            _no_nan(fields[0], "log p(x)")
+            return LogLikelihood(*fields, num_samples=num_samples)
+        return _no_nan(_per_point(model, guide, args, kwargs, streamed, options)[0], "log p(x)")
 
 
 @torch.no_grad()

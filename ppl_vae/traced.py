@@ -95,7 +95,9 @@ class TracedStep:
     ) -> None:
         self.objective, self.model, self.guide = objective, model, guide
         self.weights, self.params, self.compile = list(weights), list(params), compile
-        self._checked: set[tuple] = set()
+        #: the graphs this step has run, by KL weighting and batch shapes; one not yet here is
+        #: checked against the eager step at its first use
+        self._runs: dict[tuple, Callable] = {}
         self.key = (
             type(objective),
             getattr(objective, "num_particles", 1),
@@ -146,8 +148,19 @@ class TracedStep:
             _CACHE.popitem(last=False)
         return run
 
+    def _run(self, batch: tuple, weight: float) -> tuple[Callable, bool]:
+        """The graph for ``batch`` and ``weight``, and whether this step runs it for the first
+        time (the process-wide cache is consulted only then)."""
+        weighted = weight != 1.0
+        local = (weighted, tuple((tuple(t.shape), t.dtype) for t in batch))
+        run = self._runs.get(local)
+        if run is not None:
+            return run, False
+        run = self._runs[local] = self.graph(batch, weighted)
+        return run, True
+
     def __call__(self, batch: tuple, weight: float) -> tuple[Tensor, tuple]:
-        run = self.graph(batch, weight != 1.0)
+        run, _ = self._run(batch, weight)
         with torch.no_grad():
             return run(torch.tensor(weight, dtype=torch.float64), *batch)
 
@@ -161,14 +174,13 @@ class TracedStep:
         """``((loss, gradients), None)`` from the graph; checked against the eager step on
         the same random numbers when ``check`` or when this graph is new here. A mismatch
         gives ``(None, what differs)`` with the random state as it was before."""
-        key = (weight != 1.0, tuple((tuple(t.shape), t.dtype) for t in batch))
-        if not check and key in self._checked:
+        _, new = self._run(batch, weight)
+        if not (check or new):
             return self(batch, weight), None
         state = torch.get_rng_state()
         loss, grads = self.eager(batch, weight)
         torch.set_rng_state(state)
         out = self(batch, weight)
-        self._checked.add(key)
         pairs = [(loss, out[0])] + list(zip(grads, out[1], strict=True))
         for i, (a, b) in enumerate(pairs):
             what = "the loss" if i == 0 else f"the gradient of parameter {i - 1}"

@@ -562,19 +562,14 @@ class _Trainer:
 
     def _graph_mode(self) -> str | None:
         """What ``compile`` asks of this epoch: "compile", "trace" or None (eager steps). A
-        traced step needs Pyro's checks off (they read values), the plain fast engine (not
-        SVI, not torch.distributed) and the CPU."""
+        traced step needs Pyro's checks off (they read values) and the CPU; the caller asks
+        only the plain fast engine (not SVI, not torch.distributed)."""
         mode = self.config.compile
         if mode == "auto":  # where compiling paid (benchmarks/README.md, train_speed.py)
             n = self.train_feed.n_batches or 0
             one = self.config.particles == 1  # at k = 50 the matrix products dominate: no gain
             mode = "compile" if n >= 200 and one and compiler_available() else "off"
-        if (
-            mode == "off"
-            or type(self.engine) is not FastEngine
-            or self.device.type != "cpu"
-            or pyro.poutine.util.is_validation_enabled()
-        ):
+        if mode == "off" or self.device.type != "cpu" or pyro.poutine.util.is_validation_enabled():
             return None
         return mode
 
