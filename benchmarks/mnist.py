@@ -97,6 +97,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "seed net, IAF guide, VampPrior",
         ["--guide", "flow", "--prior", "vamp", "--warmup", "3"],
     ),
+    "flow-guide-flow": (  # the flow prior was the best learned prior at 30 epochs
+        "seed net, IAF guide, flow prior",
+        ["--guide", "flow", "--prior", "flow", "--warmup", "3"],
+    ),
     # two stochastic layers
     "two-layer": ("IWAE paper 2 layers, VAE (STL)", ["--preset", "iwae2", "--warmup", "3"]),
     "two-layer-softplus": (
