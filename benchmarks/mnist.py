@@ -107,6 +107,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "2 layers, softplus, VAE (STL)",
         ["--preset", "iwae2", "--activation", "softplus", "--warmup", "3"],
     ),
+    "two-layer-flow": (  # a learned prior on z2: the flow prior, best on one layer
+        "2 layers, softplus, flow prior on z2",
+        ["--preset", "iwae2", "--activation", "softplus", "--prior", "flow", "--warmup", "3"],
+    ),
     "two-layer-k5": (
         "IWAE paper 2 layers, IWAE k=5",
         ["--preset", "iwae2", "--objective", "iwae", "--particles", "5"],
