@@ -111,6 +111,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "2 layers, softplus, flow prior on z2",
         ["--preset", "iwae2", "--activation", "softplus", "--prior", "flow", "--warmup", "3"],
     ),
+    "two-layer-seed-flow": (  # the seed net's widths below, the flow prior on z2
+        "2 layers, seed widths (300-300-50, 100-100-50), flow prior on z2",
+        [
+            *("--preset", "iwae2", "--activation", "softplus", "--hidden", "300,300"),
+            *("--z-dim", "50", "--prior", "flow", "--warmup", "3"),
+        ],
+    ),
     "two-layer-k5": (
         "IWAE paper 2 layers, IWAE k=5",
         ["--preset", "iwae2", "--objective", "iwae", "--particles", "5"],
