@@ -114,8 +114,18 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "two-layer-seed-flow": (  # the seed net's widths below, the flow prior on z2
         "2 layers, seed widths (300-300-50, 100-100-50), flow prior on z2",
         [
-            *("--preset", "iwae2", "--activation", "softplus", "--hidden", "300,300"),
-            *("--z-dim", "50", "--prior", "flow", "--warmup", "3"),
+            "--preset",
+            "iwae2",
+            "--activation",
+            "softplus",
+            "--hidden",
+            "300,300",
+            "--z-dim",
+            "50",
+            "--prior",
+            "flow",
+            "--warmup",
+            "3",
         ],
     ),
     "two-layer-k5": (
