@@ -168,7 +168,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if run.model is not None:
         network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")
         network += ("activation", "prior", "components", "pseudo_inputs", "flow_layers")
-        network += ("flow_type", "modes", "guide", "guide_flow_layers")
+        network += ("flow_type", "modes", "guide", "guide_flow_layers", "guide_direction")
         ignored = [
             "--" + f.name.replace("_", "-")
             for f in dataclasses.fields(RunConfig)

@@ -159,6 +159,7 @@ def build_vae(
     guide_flow_layers: int = 2,
     top_z_dim: int | None = None,
     top_hidden: Sequence[int] | None = None,
+    guide_direction: str = "bottom-up",
     name: str = "vae",
     **prior_options: object,
 ) -> VAE:
@@ -167,7 +168,9 @@ def build_vae(
     ``guide="flow"`` makes q(z|x) a :class:`~ppl_vae.guides.FlowEncoder` with
     ``guide_flow_layers`` IAF steps. ``top_z_dim`` adds a second stochastic layer of that size
     above the first (``z_dim``), with hidden widths ``top_hidden`` in its two networks: a
-    :class:`~ppl_vae.hierarchy.TwoLayerVAE` whose prior is on the top layer.
+    :class:`~ppl_vae.hierarchy.TwoLayerVAE` whose prior is on the top layer; its guide is
+    bottom-up, q(z1|x) q(z2|z1), or with ``guide_direction="top-down"`` q(z2|x) q(z1|x, z2) on
+    features of x shared by both layers (:class:`~ppl_vae.hierarchy.TopDownTwoLayerVAE`).
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
     :func:`ppl_vae.priors.make_prior`; ``name`` prefixes the parameters in Pyro's param store.
     The arguments are kept as ``vae.recipe`` (plain numbers and strings; a tensor option such
@@ -196,6 +199,19 @@ def build_vae(
     if top_z_dim is not None:
         top_hidden = tuple(top_hidden) if top_hidden is not None else tuple(hidden)
         recipe.update(top_z_dim=top_z_dim, top_hidden=list(top_hidden))
+    from .hierarchy import GUIDE_DIRECTIONS
+
+    if guide_direction not in GUIDE_DIRECTIONS:
+        raise ValueError(
+            f"unknown guide direction {guide_direction!r}; choose one of {list(GUIDE_DIRECTIONS)}"
+        )
+    if guide_direction != "bottom-up":
+        if top_z_dim is None:
+            raise ValueError(
+                "a top-down guide orders two stochastic layers: give top_z_dim (the CLI's "
+                "--preset iwae2), or drop --guide-direction"
+            )
+        recipe.update(guide_direction=guide_direction)
     if prior == "polymodal" and (guide != "gaussian" or top_z_dim is not None):
         raise ValueError(
             "the polymodal latent brings its own guide and one layer; drop --guide flow and "
@@ -225,20 +241,33 @@ def build_vae(
             return FlowEncoder(n_in, n_out, widths, activation, layers=guide_flow_layers)
         return GaussianEncoder(n_in, n_out, widths, activation)
 
-    encoder = make_encoder(x_dim, z_dim, hidden)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
     if top_z_dim is None:
+        encoder = make_encoder(x_dim, z_dim, hidden)
         p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
         vae = VAE(encoder, decoder, p, name=name)
     else:
-        from .hierarchy import StackedEncoder, TwoLayerVAE
+        from . import hierarchy
 
-        top = make_encoder(z_dim, top_z_dim, top_hidden)
         # p(z1|z2): the same Gaussian network shape, from the top code down
         upper = GaussianEncoder(top_z_dim, z_dim, tuple(reversed(top_hidden)), activation)
-        stacked = StackedEncoder(encoder, top)
-        p = make_prior(prior, top_z_dim, encoder=stacked, x_dim=x_dim, **prior_options)
-        vae = TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
+        if guide_direction == "top-down":
+            # h(x): the bottom-up encoder's hidden layers; q(z2|h), then q(z1|h, z2)
+            features = hierarchy.Features(x_dim, hidden, activation)
+            h_dim = features.out_features
+            top = make_encoder(h_dim, top_z_dim, top_hidden)
+            bottom = make_encoder(h_dim + top_z_dim, z_dim, tuple(reversed(top_hidden)))
+            down = hierarchy.TopDownEncoder(features, top, bottom)
+            p = make_prior(
+                prior, top_z_dim, encoder=hierarchy._TopCode(down), x_dim=x_dim, **prior_options
+            )
+            vae = hierarchy.TopDownTwoLayerVAE(down, upper, decoder, p, name=name)
+        else:
+            encoder = make_encoder(x_dim, z_dim, hidden)
+            top = make_encoder(z_dim, top_z_dim, top_hidden)
+            stacked = hierarchy.StackedEncoder(encoder, top)
+            p = make_prior(prior, top_z_dim, encoder=stacked, x_dim=x_dim, **prior_options)
+            vae = hierarchy.TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
     vae.recipe = {"builder": "build_vae", "kwargs": recipe}
     return vae

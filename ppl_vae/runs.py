@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import BINARIZE, DataSplits, binarize_splits, load_dataset
+from .hierarchy import GUIDE_DIRECTIONS
 from .likelihoods import LIKELIHOODS
 from .model import GUIDES, PRESETS, build_vae
 from .preflight import first_trace
@@ -81,6 +82,13 @@ class RunConfig:
         GUIDES,
     )
     guide_flow_layers: int = _opt(2, "flow guide: number of IAF steps")
+    guide_direction: str = _opt(
+        "bottom-up",
+        "two stochastic layers (--preset iwae2): the guide's order, bottom-up q(z1|x) q(z2|z1) "
+        "as in the IWAE paper, or top-down q(z2|x) q(z1|x,z2) on features of x shared by both "
+        "layers, the model's order (as in the ladder VAE)",
+        GUIDE_DIRECTIONS,
+    )
     prior: str = _opt("normal", "p(z) (of the top layer with --preset iwae2)", PRIORS)
     components: int = _opt(10, "mixture prior: number of Gaussians")
     pseudo_inputs: int = _opt(500, "VampPrior: number of learnable pseudo-inputs")
@@ -128,6 +136,11 @@ class RunConfig:
             raise ValueError(f"--gaussian-scale must be positive, got {self.gaussian_scale}")
         if any(w < 1 for w in self.network()["hidden"]):
             raise ValueError(f"--hidden widths must be at least 1, got {self.hidden!r}")
+        if self.guide_direction != "bottom-up" and "top_z_dim" not in self.network():
+            raise ValueError(
+                f"--guide-direction {self.guide_direction} orders two stochastic layers, and "
+                f"--preset {self.preset} has one: add --preset iwae2, or drop the flag"
+            )
         check_device(self.device)
         make_trackers(self.logger)
 
@@ -179,6 +192,11 @@ class RunConfig:
             **(
                 {"guide": self.guide, "guide_flow_layers": self.guide_flow_layers}
                 if self.guide != "gaussian"
+                else {}
+            ),
+            **(
+                {"guide_direction": self.guide_direction}
+                if self.guide_direction != "bottom-up"
                 else {}
             ),
             **{k: v for k, v in prior_options.items() if v is not None},

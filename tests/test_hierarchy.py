@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 
+import pyro
 import pytest
 import torch
 
 from ppl_vae import build_vae, elbo, fit, log_likelihood
 from ppl_vae.cli import main
-from ppl_vae.hierarchy import TwoLayerVAE
+from ppl_vae.hierarchy import TopDownTwoLayerVAE, TwoLayerVAE
 from ppl_vae.objectives import OBJECTIVES, kl_obstacles
 
 DTYPE = torch.float64
@@ -56,6 +57,42 @@ def linear_two_layer(perturb: float = 0.0) -> TwoLayerVAE:
     return vae
 
 
+def linear_top_down(perturb: float = 0.0) -> TopDownTwoLayerVAE:
+    """The model of :func:`linear_two_layer` with a top-down guide set to its exact posterior,
+    q(z2|x) = p(z2|x) and q(z1|x, z2) = p(z1|z2, x), moved by ``perturb``. With no hidden
+    layers the guide's features are x itself, so both guide networks are linear."""
+    vae = build_vae(
+        x_dim=3,
+        z_dim=1,
+        hidden=(),
+        top_z_dim=1,
+        top_hidden=(),
+        likelihood="gaussian",
+        gaussian_scale=S2,
+        guide_direction="top-down",
+    ).to(DTYPE)
+    assert isinstance(vae, TopDownTwoLayerVAE)
+    _set(vae.upper.net[0], [A], A0, math.log(S1**2))
+    b, b0 = B.to(DTYPE), B0.to(DTYPE)
+    with torch.no_grad():
+        vae.decoder.net[0].weight.copy_(b.unsqueeze(1))
+        vae.decoder.net[0].bias.copy_(b0)
+        vae.decoder.likelihood.log_scale.fill_(math.log(S2))
+    # p(z2 | x): x = b (A z2 + A0) + b0 + noise of covariance S1^2 b b' + S2^2 I
+    m, c0 = b * A, b * A0 + b0
+    cov = S1**2 * torch.outer(b, b) + S2**2 * torch.eye(3, dtype=DTYPE)
+    gain = torch.linalg.solve(cov, m)
+    var2 = 1.0 / (1.0 + float(m @ gain))
+    w2 = var2 * gain
+    _set(vae.encoder.top.net[0], w2 + perturb, -float(w2 @ c0), math.log(var2))
+    # p(z1 | z2, x) = N(z1; A z2 + A0, S1^2) N(x; b z1 + b0, S2^2 I), normalized in z1
+    var1 = 1.0 / (1.0 / S1**2 + float(b @ b) / S2**2)
+    w1 = torch.cat([var1 * b / S2**2, torch.tensor([var1 * A / S1**2], dtype=DTYPE)])
+    c1 = var1 * (A0 / S1**2 - float(b @ b0) / S2**2)
+    _set(vae.encoder.bottom.net[0], w1, c1 - perturb, math.log(var1))
+    return vae
+
+
 def exact_log_px(x: torch.Tensor) -> torch.Tensor:
     b = B.to(DTYPE)
     cov = (A**2 + S1**2) * torch.outer(b, b) + S2**2 * torch.eye(3, dtype=DTYPE)
@@ -89,6 +126,31 @@ def test_perturbed_guide_estimate_converges_to_the_exact_log_px() -> None:
     assert (bound < exact - 1e-3).all(), "the ELBO of a perturbed guide is below log p(x)"
 
 
+def test_top_down_exact_posterior_guide_gives_exact_log_px_and_elbo() -> None:
+    vae, x = linear_top_down(), _data()
+    exact = exact_log_px(x)
+    est = log_likelihood(vae.model, vae.guide, x, num_samples=7)
+    torch.testing.assert_close(est, exact, rtol=0, atol=1e-9, msg="log p(x), exact guide")
+    bound = elbo(vae.model, vae.guide, x, num_samples=3)
+    torch.testing.assert_close(bound, exact, rtol=0, atol=1e-9, msg="ELBO, exact guide")
+    # the analytic KL applies at both layers, and its ELBO is exact on average
+    assert set(kl_obstacles(vae.model, vae.guide, x[:5]).values()) == {None}
+    torch.manual_seed(1)
+    mean_field = pyro.infer.TraceMeanField_ELBO(num_particles=40000, vectorize_particles=True)
+    loss = mean_field.loss(vae.model, vae.guide, x[:5])  # Monte Carlo sd about 0.015 here
+    assert abs(loss + exact[:5].sum().item()) < 0.08, (loss, exact[:5].sum())
+
+
+def test_top_down_perturbed_guide_estimate_converges_to_the_exact_log_px() -> None:
+    vae, x = linear_top_down(perturb=0.4), _data(10)
+    exact = exact_log_px(x)
+    est = log_likelihood(vae.model, vae.guide, x, num_samples=20000, diagnostics=True)
+    gap = est.log_px - exact
+    assert (gap.abs() < 5 * est.stderr + 1e-3).all(), (gap, est.stderr)
+    bound = elbo(vae.model, vae.guide, x, num_samples=20000)
+    assert (bound < exact - 1e-3).all(), "the ELBO of a perturbed guide is below log p(x)"
+
+
 def test_the_closed_form_kl_applies_at_the_top_layer_only() -> None:
     vae, x = linear_two_layer(), _data(5)
     found = kl_obstacles(vae.model, vae.guide, x)
@@ -111,9 +173,36 @@ def test_two_layers_train_with_every_objective(objective: str) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(top, after, strict=True)), objective
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_top_down_guide_trains_with_every_objective(objective: str) -> None:
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((40, 12), 0.3))
+    vae = build_vae(
+        x_dim=12, z_dim=4, hidden=(16,), top_z_dim=2, top_hidden=(8,), guide_direction="top-down"
+    )
+    before = [p.detach().clone() for p in vae.encoder.parameters()]
+    particles = 3 if objective.startswith("iwae") else 1
+    result = fit(
+        vae, x, epochs=2, batch_size=20, objective=objective, particles=particles, progress=False
+    )
+    assert result.objective == ("stl" if objective == "auto" else objective)
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    after = list(vae.encoder.parameters())
+    moved = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+    assert all(moved), f"{objective}: some guide tensors did not train: {moved}"
+
+
+def test_top_down_guide_needs_two_layers() -> None:
+    with pytest.raises(ValueError, match="top_z_dim"):
+        build_vae(x_dim=4, z_dim=2, hidden=(8,), guide_direction="top-down")
+    with pytest.raises(ValueError, match="bottom-up"):
+        build_vae(x_dim=4, z_dim=2, top_z_dim=2, guide_direction="sideways")
+
+
+@pytest.mark.parametrize("direction", ["bottom-up", "top-down"])
 @pytest.mark.parametrize("prior", ["mixture", "vamp", "flow"])
 @pytest.mark.parametrize("guide", ["gaussian", "flow"])
-def test_top_layer_priors_and_guides(prior: str, guide: str) -> None:
+def test_top_layer_priors_and_guides(prior: str, guide: str, direction: str) -> None:
     torch.manual_seed(0)
     x = torch.bernoulli(torch.full((10, 8), 0.4))
     vae = build_vae(
@@ -125,6 +214,7 @@ def test_top_layer_priors_and_guides(prior: str, guide: str) -> None:
         prior=prior,
         guide=guide,
         pseudo_inputs=4,
+        guide_direction=direction,
     )
     assert vae.prior().event_shape == (2,), "the prior is not on the top layer"
     fit(vae, x, epochs=1, batch_size=5, progress=False)
@@ -162,3 +252,21 @@ def test_cli_trains_the_flow_guide_and_refuses_bad_flow_flags(tmp_path, capsys) 
     assert "--guide-flow-layers must be at least 1" in capsys.readouterr().err
     assert main([*argv, "--prior", "polymodal", "--out", str(tmp_path / "y")]) == 2
     assert "polymodal" in capsys.readouterr().err
+
+
+def test_cli_trains_and_evaluates_a_top_down_guide_and_refuses_it_on_one_layer(
+    tmp_path, capsys
+) -> None:
+    out = tmp_path / "down"
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--eval-samples", "20"]
+    argv += ["--no-progress", "--guide-direction", "top-down"]
+    assert main([*argv, "--preset", "iwae2", "--out", str(out)]) == 0
+    assert "TopDownTwoLayerVAE" in capsys.readouterr().out
+    kwargs = json.loads((out / "config.json").read_text())["program"]["kwargs"]
+    assert kwargs["guide_direction"] == "top-down"
+    assert main(["evaluate", str(out), "--num-samples", "20", "--json", "--limit", "20"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_likelihood"] < 0
+    assert main([*argv, "--preset", "small", "--out", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err
+    assert "--guide-direction top-down" in err and "--preset iwae2" in err, err
+    assert len(err.strip().splitlines()) == 1, err
