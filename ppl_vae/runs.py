@@ -85,8 +85,8 @@ class RunConfig:
     guide_direction: str = _opt(
         "bottom-up",
         "two stochastic layers (--preset iwae2): the guide's order, bottom-up q(z1|x) q(z2|z1) "
-        "as in the IWAE paper, or top-down q(z2|x) q(z1|x,z2) on features of x shared by both "
-        "layers, the model's order (as in the ladder VAE)",
+        "as in the IWAE paper, or top-down q(z2|x) q(z1|x,z2), the model's order, on features "
+        "of x shared by both layers",
         GUIDE_DIRECTIONS,
     )
     prior: str = _opt("normal", "p(z) (of the top layer with --preset iwae2)", PRIORS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
@@ -80,7 +81,11 @@ class STLELBO(TensorTraceELBO):
         \\log q_\\phi(\\bar z) - \\operatorname{stop\\_grad}(\\log q_\\phi(\\bar z)),
         \\qquad \\bar z = \\operatorname{stop\\_grad}(z),
 
-    whose value is 0 and whose gradient is exactly the score term, cancelling it. Hence:
+    whose value is 0 and whose gradient is exactly the score term, cancelling it. In a guide
+    with several latent sites a site's distribution may be conditioned on an earlier draw
+    (q(z2|z1)): there ``z1`` is stopped inside ``log q_phi(z2 | z1)`` too, so that only
+    the parameters' own derivative is cancelled, not the path through z1. The guide is then
+    replayed once on its detached draws for these scores. Hence:
 
     - the loss value is the ordinary ELBO's on the same draws (minus the ELBO summed over the
       batch, averaged over particles);
@@ -90,7 +95,8 @@ class STLELBO(TensorTraceELBO):
     - the model's gradient is unchanged, and non-reparameterized sites keep Pyro's
       score-function surrogate.
 
-    Cost: one extra ``log_prob`` per guide site. Works with ``num_particles`` and
+    Cost: one extra ``log_prob`` per guide site, and one more run of a guide with several
+    latent sites. Works with ``num_particles`` and
     ``vectorize_particles=True``, under ``poutine.scale`` (beta) and masks. Not meant for IWAE
     bounds (there the right variant is DReG).
 
@@ -111,20 +117,46 @@ class STLELBO(TensorTraceELBO):
 
     def __init__(self, num_particles: int = 1, **kwargs: object) -> None:
         super().__init__(num_particles=num_particles, **kwargs)
+        self._guide_call: tuple | None = None
+
+    def _get_traces(self, model, guide, args, kwargs):
+        self._guide_call = (guide, args, kwargs)  # for the replay of a guide with several sites
+        yield from super()._get_traces(model, guide, args, kwargs)
+
+    def _frozen_guide(self, guide_trace: Trace) -> Trace:
+        """The guide replayed on its own draws, detached: every site's distribution then has
+        its parameters' gradient only, none through the latents it is conditioned on."""
+        assert self._guide_call is not None, "STLELBO scores traces it drew itself"
+        guide, args, kwargs = self._guide_call
+        if self.vectorize_particles:
+            guide = self._vectorized_num_particles(guide)
+        frozen = guide_trace.copy()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                frozen.nodes[name] = dict(site, value=site["value"].detach())
+        return poutine.trace(poutine.replay(guide, trace=frozen)).get_trace(*args, **kwargs)
 
     def _differentiable_loss_particle(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[float, torch.Tensor]:
         loss, surrogate_loss = super()._differentiable_loss_particle(model_trace, guide_trace)
-        for site in guide_trace.nodes.values():
+        sites = []
+        for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            fn = site["fn"]
             _, score_function_term, entropy_term = site["score_parts"]
-            if not (fn.has_rsample and is_identically_zero(score_function_term)):
+            if not (site["fn"].has_rsample and is_identically_zero(score_function_term)):
                 continue
             if is_identically_zero(entropy_term):
                 continue
+            sites.append(name)
+        # With one latent site, its distribution's parameters hang on the guide's parameters
+        # alone. With several, a site's may hang on an earlier draw too (q(z2|z1)); scoring
+        # it on that live draw would also cancel a path term, so the guide is replayed.
+        frozen = self._frozen_guide(guide_trace) if len(sites) > 1 else guide_trace
+        for name in sites:
+            site = guide_trace.nodes[name]
+            fn = frozen.nodes[name]["fn"]
             log_q = scale_and_mask(
                 fn.log_prob(site["value"].detach()), site["scale"], site["mask"]
             ).sum()

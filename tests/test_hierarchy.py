@@ -270,3 +270,23 @@ def test_cli_trains_and_evaluates_a_top_down_guide_and_refuses_it_on_one_layer(
     err = capsys.readouterr().err
     assert "--guide-direction top-down" in err and "--preset iwae2" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("build", [linear_two_layer, linear_top_down])
+def test_stl_guide_gradient_vanishes_at_the_exact_posterior_of_two_layers(build) -> None:
+    """At the exact posterior log p(x, z) - log q(z) is constant in z, so STL's guide gradient
+    is zero for every draw. Scoring q(z2|z1) on the live z1 (cancelling a path term with the
+    score) would leave the noise of d log p(z1|z2) / dz2 in it."""
+    from ppl_vae import STLELBO
+
+    vae, x = build(), _data(8)
+    guide_params = [p for n, p in vae.named_parameters() if n.startswith(("encoder", "top"))]
+    assert guide_params
+    for seed in range(3):
+        torch.manual_seed(seed)
+        loss = STLELBO().differentiable_loss(vae.model, vae.guide, x)
+        grads = torch.autograd.grad(loss, guide_params, allow_unused=True)
+        worst = max(float(g.abs().max()) for g in grads if g is not None)
+        assert worst < 1e-9, (
+            f"{build.__name__}: STL guide gradient {worst:.3g} at the exact posterior"
+        )
