@@ -30,8 +30,9 @@ from ppl_vae import STLELBO, build_vae  # noqa: E402
 class LiveParentSTL(STLELBO):
     """The earlier STL: every site scored on its live distribution, no replay."""
 
-    def _frozen_guide(self, guide_trace):
-        return guide_trace
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        self._frozen_guide = lambda: guide_trace  # score the live trace itself
+        return super()._differentiable_loss_particle(model_trace, guide_trace)
 
 
 def step_ms(vae, objective, x: torch.Tensor, steps: int) -> float:

@@ -118,20 +118,34 @@ class STLELBO(TensorTraceELBO):
     def __init__(self, num_particles: int = 1, **kwargs: object) -> None:
         super().__init__(num_particles=num_particles, **kwargs)
         self._guide_call: tuple | None = None
+        self._drawn: Trace | None = None
 
     def _get_traces(self, model, guide, args, kwargs):
-        self._guide_call = (guide, args, kwargs)  # for the replay of a guide with several sites
-        yield from super()._get_traces(model, guide, args, kwargs)
+        # For the replay of a guide with several sites: the guide and its arguments, and each
+        # particle's full trace (Pyro prunes a plate's subsample indices from the trace it
+        # scores, and a replay without them would draw other rows).
+        self._guide_call = (guide, args, kwargs)
 
-    def _frozen_guide(self, guide_trace: Trace) -> Trace:
-        """The guide replayed on its own draws, detached: every site's distribution then has
-        its parameters' gradient only, none through the latents it is conditioned on."""
-        assert self._guide_call is not None, "STLELBO scores traces it drew itself"
+        def recorded(*a, **k):
+            tracer = poutine.trace(guide)
+            value = tracer(*a, **k)
+            self._drawn = tracer.trace
+            return value
+
+        yield from super()._get_traces(model, recorded, args, kwargs)
+
+    def _frozen_guide(self) -> Trace:
+        """The guide replayed on its own draws (and subsample indices), detached: every
+        site's distribution then has its parameters' gradient only, none through the latents
+        it is conditioned on."""
+        assert self._guide_call is not None and self._drawn is not None, (
+            "STLELBO scores traces it drew itself"
+        )
         guide, args, kwargs = self._guide_call
         if self.vectorize_particles:
             guide = self._vectorized_num_particles(guide)
-        frozen = guide_trace.copy()
-        for name, site in guide_trace.nodes.items():
+        frozen = self._drawn.copy()
+        for name, site in self._drawn.nodes.items():
             if site["type"] == "sample" and not site["is_observed"]:
                 frozen.nodes[name] = dict(site, value=site["value"].detach())
         return poutine.trace(poutine.replay(guide, trace=frozen)).get_trace(*args, **kwargs)
@@ -153,7 +167,7 @@ class STLELBO(TensorTraceELBO):
         # With one latent site, its distribution's parameters hang on the guide's parameters
         # alone. With several, a site's may hang on an earlier draw too (q(z2|z1)); scoring
         # it on that live draw would also cancel a path term, so the guide is replayed.
-        frozen = self._frozen_guide(guide_trace) if len(sites) > 1 else guide_trace
+        frozen = self._frozen_guide() if len(sites) > 1 else guide_trace
         for name in sites:
             site = guide_trace.nodes[name]
             fn = frozen.nodes[name]["fn"]
