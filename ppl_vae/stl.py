@@ -167,10 +167,20 @@ class STLELBO(TensorTraceELBO):
         # With one latent site, its distribution's parameters hang on the guide's parameters
         # alone. With several, a site's may hang on an earlier draw too (q(z2|z1)); scoring
         # it on that live draw would also cancel a path term, so the guide is replayed.
+        # The guide's first latent site hangs on no earlier draw: its live distribution is
+        # scored as it is (which spares a second backward pass through the networks before it).
+        first = next(
+            (
+                n
+                for n, v in guide_trace.nodes.items()
+                if v["type"] == "sample" and not v["is_observed"]
+            ),
+            None,
+        )
         frozen = self._frozen_guide() if len(sites) > 1 else guide_trace
         for name in sites:
             site = guide_trace.nodes[name]
-            fn = frozen.nodes[name]["fn"]
+            fn = (guide_trace if name == first else frozen).nodes[name]["fn"]
             log_q = scale_and_mask(
                 fn.log_prob(site["value"].detach()), site["scale"], site["mask"]
             ).sum()
