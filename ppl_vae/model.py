@@ -241,33 +241,38 @@ def build_vae(
             return FlowEncoder(n_in, n_out, widths, activation, layers=guide_flow_layers)
         return GaussianEncoder(n_in, n_out, widths, activation)
 
+    # the networks are built (and so drawn from torch's generator) in the order of earlier
+    # releases, so that a seed gives the same initial weights
+    top_down = guide_direction == "top-down"
+    if top_down:
+        from . import hierarchy
+
+        features = hierarchy.Features(x_dim, hidden, activation)  # h(x), shared by both layers
+    else:
+        encoder = make_encoder(x_dim, z_dim, hidden)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
     decoder = Decoder(z_dim, x_dim, hidden, activation, head)
     if top_z_dim is None:
-        encoder = make_encoder(x_dim, z_dim, hidden)
         p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
         vae = VAE(encoder, decoder, p, name=name)
-    else:
-        from . import hierarchy
-
+    elif top_down:
+        h_dim = features.out_features
+        top = make_encoder(h_dim, top_z_dim, top_hidden)  # q(z2 | h)
         # p(z1|z2): the same Gaussian network shape, from the top code down
         upper = GaussianEncoder(top_z_dim, z_dim, tuple(reversed(top_hidden)), activation)
-        if guide_direction == "top-down":
-            # h(x): the bottom-up encoder's hidden layers; q(z2|h), then q(z1|h, z2)
-            features = hierarchy.Features(x_dim, hidden, activation)
-            h_dim = features.out_features
-            top = make_encoder(h_dim, top_z_dim, top_hidden)
-            bottom = make_encoder(h_dim + top_z_dim, z_dim, tuple(reversed(top_hidden)))
-            down = hierarchy.TopDownEncoder(features, top, bottom)
-            p = make_prior(
-                prior, top_z_dim, encoder=hierarchy._TopCode(down), x_dim=x_dim, **prior_options
-            )
-            vae = hierarchy.TopDownTwoLayerVAE(down, upper, decoder, p, name=name)
-        else:
-            encoder = make_encoder(x_dim, z_dim, hidden)
-            top = make_encoder(z_dim, top_z_dim, top_hidden)
-            stacked = hierarchy.StackedEncoder(encoder, top)
-            p = make_prior(prior, top_z_dim, encoder=stacked, x_dim=x_dim, **prior_options)
-            vae = hierarchy.TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
+        bottom = make_encoder(h_dim + top_z_dim, z_dim, tuple(reversed(top_hidden)))
+        down = hierarchy.TopDownEncoder(features, top, bottom)
+        code = hierarchy._TopCode(down)
+        p = make_prior(prior, top_z_dim, encoder=code, x_dim=x_dim, **prior_options)
+        vae = hierarchy.TopDownTwoLayerVAE(down, upper, decoder, p, name=name)
+    else:
+        from .hierarchy import StackedEncoder, TwoLayerVAE
+
+        top = make_encoder(z_dim, top_z_dim, top_hidden)
+        # p(z1|z2): the same Gaussian network shape, from the top code down
+        upper = GaussianEncoder(top_z_dim, z_dim, tuple(reversed(top_hidden)), activation)
+        stacked = StackedEncoder(encoder, top)
+        p = make_prior(prior, top_z_dim, encoder=stacked, x_dim=x_dim, **prior_options)
+        vae = TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
     vae.recipe = {"builder": "build_vae", "kwargs": recipe}
     return vae
