@@ -45,6 +45,10 @@ MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _peers, _machine, run from anywhere
 from _machine import cpu_model  # noqa: E402
 
+#: two stochastic layers: the seed net's widths around z1, 100-100 around z2, flow prior on z2
+_SEED_FLOW_2 = ["--preset", "iwae2", "--activation", "softplus", "--hidden", "300,300"]
+_SEED_FLOW_2 += ["--z-dim", "50", "--prior", "flow", "--warmup", "3"]
+
 #: row name -> (what it is, the ``ppl-vae train`` flags that make it)
 ROWS: dict[str, tuple[str, list[str]]] = {
     # the seed network 784-300-300-50 softplus; objective x warm-up, for the defaults (every
@@ -113,39 +117,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
     "two-layer-seed-flow": (  # the seed net's widths below, the flow prior on z2
         "2 layers, seed widths (300-300-50, 100-100-50), flow prior on z2",
-        [
-            "--preset",
-            "iwae2",
-            "--activation",
-            "softplus",
-            "--hidden",
-            "300,300",
-            "--z-dim",
-            "50",
-            "--prior",
-            "flow",
-            "--warmup",
-            "3",
-        ],
+        _SEED_FLOW_2,
     ),
     "two-layer-seed-flow-td": (  # the same model, the guide in the model's order
         "2 layers, seed widths, flow prior on z2, top-down guide",
-        [
-            "--preset",
-            "iwae2",
-            "--activation",
-            "softplus",
-            "--hidden",
-            "300,300",
-            "--z-dim",
-            "50",
-            "--prior",
-            "flow",
-            "--guide-direction",
-            "top-down",
-            "--warmup",
-            "3",
-        ],
+        [*_SEED_FLOW_2, "--guide-direction", "top-down"],
     ),
     "two-layer-k5": (
         "IWAE paper 2 layers, IWAE k=5",

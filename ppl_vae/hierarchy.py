@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .model import VAE
-from .nets import ACTIVATIONS
+from .nets import hidden_layers
 
 __all__ = [
     "GUIDE_DIRECTIONS",
@@ -39,12 +39,9 @@ class Features(nn.Sequential):
     def __init__(
         self, in_features: int, hidden: Sequence[int], activation: str = "softplus"
     ) -> None:
-        widths = [in_features, *hidden]
-        layers: list[nn.Module] = []
-        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(w_in, w_out), ACTIVATIONS[activation]()]
-        super().__init__(*layers)
-        self.in_features, self.out_features = in_features, widths[-1]
+        super().__init__(*hidden_layers(in_features, hidden, activation))
+        self.in_features = in_features
+        self.out_features = hidden[-1] if hidden else in_features
 
 
 class TopDownEncoder(nn.Module):
@@ -71,40 +68,28 @@ class TopDownEncoder(nn.Module):
         return self.bottom(self.join(h, self.top(h).mean))
 
 
-class _TopCode(nn.Module):
-    """``u -> q(z2|u)`` of a top-down guide (exact: its top layer reads ``u`` directly), for a
-    prior built on the encoder (the VampPrior)."""
-
-    def __init__(self, encoder: TopDownEncoder) -> None:
-        super().__init__()
-        self.features, self.top = encoder.features, encoder.top
-        self.z_dim: int = getattr(encoder.top, "z_dim", -1)
-
-    def forward(self, u: Tensor):
-        return self.top(self.features(u))
-
-    def gaussian(self, u: Tensor):
-        """The top layer's Gaussian (before a flow guide's steps) at ``u``."""
-        return getattr(self.top, "gaussian", self.top)(self.features(u))
-
-
 class StackedEncoder(nn.Module):
     """``u -> q(z2 | E[z1 | u])``: the two guide layers as one encoder of the top code, for a
     prior built on the encoder (the VampPrior's components at pseudo-inputs ``u``). The exact
     q(z2|u) integrates over z1, which has no closed form; this uses z1's mean (for a flow
-    guide, the flow's image of its base mean)."""
+    guide, the flow's image of its base mean). With ``features=True`` ``bottom`` gives the
+    top layer's input itself (a top-down guide's features of ``u``), and q(z2|u) is exact."""
 
-    def __init__(self, bottom: nn.Module, top: nn.Module) -> None:
+    def __init__(self, bottom: nn.Module, top: nn.Module, features: bool = False) -> None:
         super().__init__()
-        self.bottom, self.top = bottom, top
+        self.bottom, self.top, self.features = bottom, top, features
         self.z_dim: int = getattr(top, "z_dim", -1)
 
+    def _below(self, u: Tensor) -> Tensor:
+        below = self.bottom(u)
+        return below if self.features else below.mean
+
     def forward(self, u: Tensor):
-        return self.top(self.bottom(u).mean)
+        return self.top(self._below(u))
 
     def gaussian(self, u: Tensor):
-        """The top layer's Gaussian (before a flow guide's steps) at ``E[z1 | u]``."""
-        return getattr(self.top, "gaussian", self.top)(self.bottom(u).mean)
+        """The top layer's Gaussian (before a flow guide's steps) at ``u``."""
+        return getattr(self.top, "gaussian", self.top)(self._below(u))
 
 
 class TwoLayerVAE(VAE):

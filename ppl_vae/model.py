@@ -199,11 +199,12 @@ def build_vae(
     if top_z_dim is not None:
         top_hidden = tuple(top_hidden) if top_hidden is not None else tuple(hidden)
         recipe.update(top_z_dim=top_z_dim, top_hidden=list(top_hidden))
-    from .hierarchy import GUIDE_DIRECTIONS
+    from . import hierarchy  # it builds on this module
 
-    if guide_direction not in GUIDE_DIRECTIONS:
+    if guide_direction not in hierarchy.GUIDE_DIRECTIONS:
         raise ValueError(
-            f"unknown guide direction {guide_direction!r}; choose one of {list(GUIDE_DIRECTIONS)}"
+            f"unknown guide direction {guide_direction!r}; choose one of "
+            f"{list(hierarchy.GUIDE_DIRECTIONS)}"
         )
     if guide_direction != "bottom-up":
         if top_z_dim is None:
@@ -245,8 +246,6 @@ def build_vae(
     # releases, so that a seed gives the same initial weights
     top_down = guide_direction == "top-down"
     if top_down:
-        from . import hierarchy
-
         features = hierarchy.Features(x_dim, hidden, activation)  # h(x), shared by both layers
     else:
         encoder = make_encoder(x_dim, z_dim, hidden)
@@ -262,17 +261,15 @@ def build_vae(
         upper = GaussianEncoder(top_z_dim, z_dim, tuple(reversed(top_hidden)), activation)
         bottom = make_encoder(h_dim + top_z_dim, z_dim, tuple(reversed(top_hidden)))
         down = hierarchy.TopDownEncoder(features, top, bottom)
-        code = hierarchy._TopCode(down)
+        code = hierarchy.StackedEncoder(features, top, features=True)  # q(z2|u), exact
         p = make_prior(prior, top_z_dim, encoder=code, x_dim=x_dim, **prior_options)
         vae = hierarchy.TopDownTwoLayerVAE(down, upper, decoder, p, name=name)
     else:
-        from .hierarchy import StackedEncoder, TwoLayerVAE
-
         top = make_encoder(z_dim, top_z_dim, top_hidden)
         # p(z1|z2): the same Gaussian network shape, from the top code down
         upper = GaussianEncoder(top_z_dim, z_dim, tuple(reversed(top_hidden)), activation)
-        stacked = StackedEncoder(encoder, top)
+        stacked = hierarchy.StackedEncoder(encoder, top)
         p = make_prior(prior, top_z_dim, encoder=stacked, x_dim=x_dim, **prior_options)
-        vae = TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
+        vae = hierarchy.TwoLayerVAE(encoder, top, upper, decoder, p, name=name)
     vae.recipe = {"builder": "build_vae", "kwargs": recipe}
     return vae

@@ -22,6 +22,18 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def hidden_layers(in_features: int, hidden: Sequence[int], activation: str) -> list[nn.Module]:
+    """``Linear`` and activation for each width of ``hidden``, from ``in_features`` on: an
+    MLP's hidden part, with no output layer."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    widths = [in_features, *hidden]
+    for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(w_in, w_out), ACTIVATIONS[activation]()]
+    return layers
+
+
 class MLP(nn.Sequential):
     """A fully connected network ``in -> hidden... -> out`` with no activation on the output.
 
@@ -42,15 +54,8 @@ class MLP(nn.Sequential):
         out_features: int,
         activation: str = "softplus",
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
-            )
-        layers: list[nn.Module] = []
-        widths = [in_features, *hidden]
-        for w_in, w_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(w_in, w_out), ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(widths[-1], out_features))
+        layers = hidden_layers(in_features, hidden, activation)
+        layers.append(nn.Linear(hidden[-1] if hidden else in_features, out_features))
         super().__init__(*layers)
         self.in_features = in_features
         self.out_features = out_features

@@ -154,10 +154,11 @@ class STLELBO(TensorTraceELBO):
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[float, torch.Tensor]:
         loss, surrogate_loss = super()._differentiable_loss_particle(model_trace, guide_trace)
-        sites = []
+        sites, first = [], None  # the reparameterized sites, the first latent site
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
+            first = first or name
             _, score_function_term, entropy_term = site["score_parts"]
             if not (site["fn"].has_rsample and is_identically_zero(score_function_term)):
                 continue
@@ -169,14 +170,6 @@ class STLELBO(TensorTraceELBO):
         # it on that live draw would also cancel a path term, so the guide is replayed.
         # The guide's first latent site hangs on no earlier draw: its live distribution is
         # scored as it is (which spares a second backward pass through the networks before it).
-        first = next(
-            (
-                n
-                for n, v in guide_trace.nodes.items()
-                if v["type"] == "sample" and not v["is_observed"]
-            ),
-            None,
-        )
         frozen = self._frozen_guide() if len(sites) > 1 else guide_trace
         for name in sites:
             site = guide_trace.nodes[name]

@@ -29,10 +29,9 @@ def _set(linear: torch.nn.Linear, loc_w, loc_b, log_var: float) -> None:
         linear.bias.copy_(torch.tensor([float(loc_b), log_var], dtype=DTYPE))
 
 
-def linear_two_layer(perturb: float = 0.0) -> TwoLayerVAE:
-    """p(z2) = N(0, 1), p(z1|z2) = N(A z2 + A0, S1^2), p(x|z1) = N(B z1 + B0, S2^2 I), built
-    with build_vae's networks (no hidden layers: linear), and its exact posterior as the guide
-    (q(z1|x) = p(z1|x), q(z2|z1) = p(z2|z1, x) = p(z2|z1)), moved by ``perturb``."""
+def _linear_model(direction: str) -> TwoLayerVAE:
+    """p(z2) = N(0, 1), p(z1|z2) = N(A z2 + A0, S1^2), p(x|z1) = N(B z1 + B0, S2^2 I) as
+    build_vae's networks with no hidden layers, with a guide of that direction left as built."""
     vae = build_vae(
         x_dim=3,
         z_dim=1,
@@ -41,12 +40,21 @@ def linear_two_layer(perturb: float = 0.0) -> TwoLayerVAE:
         top_hidden=(),
         likelihood="gaussian",
         gaussian_scale=S2,
+        guide_direction=direction,
     ).to(DTYPE)
     _set(vae.upper.net[0], [A], A0, math.log(S1**2))
     with torch.no_grad():
         vae.decoder.net[0].weight.copy_(B.to(DTYPE).unsqueeze(1))
         vae.decoder.net[0].bias.copy_(B0.to(DTYPE))
         vae.decoder.likelihood.log_scale.fill_(math.log(S2))  # built in float32
+    return vae
+
+
+def linear_two_layer(perturb: float = 0.0) -> TwoLayerVAE:
+    """p(z2) = N(0, 1), p(z1|z2) = N(A z2 + A0, S1^2), p(x|z1) = N(B z1 + B0, S2^2 I), built
+    with build_vae's networks (no hidden layers: linear), and its exact posterior as the guide
+    (q(z1|x) = p(z1|x), q(z2|z1) = p(z2|z1, x) = p(z2|z1)), moved by ``perturb``."""
+    vae = _linear_model("bottom-up")
     v1 = A**2 + S1**2  # the marginal variance of z1
     var1 = 1.0 / (1.0 / v1 + float(B @ B) / S2**2)
     w1 = var1 * B / S2**2
@@ -61,23 +69,9 @@ def linear_top_down(perturb: float = 0.0) -> TopDownTwoLayerVAE:
     """The model of :func:`linear_two_layer` with a top-down guide set to its exact posterior,
     q(z2|x) = p(z2|x) and q(z1|x, z2) = p(z1|z2, x), moved by ``perturb``. With no hidden
     layers the guide's features are x itself, so both guide networks are linear."""
-    vae = build_vae(
-        x_dim=3,
-        z_dim=1,
-        hidden=(),
-        top_z_dim=1,
-        top_hidden=(),
-        likelihood="gaussian",
-        gaussian_scale=S2,
-        guide_direction="top-down",
-    ).to(DTYPE)
+    vae = _linear_model("top-down")
     assert isinstance(vae, TopDownTwoLayerVAE)
-    _set(vae.upper.net[0], [A], A0, math.log(S1**2))
     b, b0 = B.to(DTYPE), B0.to(DTYPE)
-    with torch.no_grad():
-        vae.decoder.net[0].weight.copy_(b.unsqueeze(1))
-        vae.decoder.net[0].bias.copy_(b0)
-        vae.decoder.likelihood.log_scale.fill_(math.log(S2))
     # p(z2 | x): x = b (A z2 + A0) + b0 + noise of covariance S1^2 b b' + S2^2 I
     m, c0 = b * A, b * A0 + b0
     cov = S1**2 * torch.outer(b, b) + S2**2 * torch.eye(3, dtype=DTYPE)
