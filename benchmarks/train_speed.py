@@ -12,7 +12,11 @@ A second table times the importance-weighted bound at ``--iwae-k`` particles (50
 0 skips it) on the same network: ``fit`` with ``objective="iwae"`` and ``"iwae-dreg"``
 (vectorized particles) against a hand-written batched PyTorch IWAE step and pythae 0.1.2's
 IWAE model driven by its own ``BaseTrainer`` (when pythae is installed), on ``--iwae-rows``
-rows, interleaved in one process.
+rows, interleaved in one process. ``fit`` flushes subnormal floats to zero while it trains
+(``denormals="flush"``); the hand-written step and pythae are timed both as users run them and
+inside ``ppl_vae.fastmath.flush_denormals``, so the table separates what the processor's mode
+gives from what the code gives. Each variant keeps training across the repeats, and without
+the flush a step slows down as training goes on (``benchmarks/denormals.py``).
 
     python benchmarks/train_speed.py [--data-dir ../shared/data/mnist] [--repeats 7] [--quality]
 """
@@ -37,7 +41,7 @@ from pyro.infer import SVI, TraceMeanField_ELBO
 from ppl_vae import build_vae, fit
 from ppl_vae.data import load_dataset
 from ppl_vae.estimators import log_likelihood
-from ppl_vae.fastmath import FastBernoulli, plain_copy
+from ppl_vae.fastmath import FastBernoulli, flush_denormals, plain_copy
 
 
 def plain_epoch(vae, opt, x, gen, batch_size=100):
@@ -137,11 +141,15 @@ def print_rows(times, ref_name, flop, peak, digits) -> None:
 def iwae_table(base, data, x, k, repeats, peak) -> None:
     """The IWAE and DReG rows: ms per step against the hand-written batched IWAE step."""
     train_only = dataclasses.replace(data, train=x, val=None)  # dynamic binarization, no val
-    plain_vae = plain_copy(base)
+    plain_vae, flushed_vae = plain_copy(base), plain_copy(base)
     plain_opt = torch.optim.Adam(plain_vae.parameters(), lr=1e-3)
+    flushed_opt = torch.optim.Adam(flushed_vae.parameters(), lr=1e-3)
     iwae_vae, dreg_vae = copy.deepcopy(base), copy.deepcopy(base)
     iwae_c, dreg_c = copy.deepcopy(base), copy.deepcopy(base)
-    gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "pythae")}
+    gens = {
+        key: torch.Generator().manual_seed(0)
+        for key in ("plain", "flushed", "pythae", "pythae flushed")
+    }
     ref_name = f"plain PyTorch batched IWAE step (k={k})"
 
     def run_fit(vae, objective, **options):
@@ -149,8 +157,18 @@ def iwae_table(base, data, x, k, repeats, peak) -> None:
             vae, train_only, epochs=1, objective=objective, particles=k, progress=False, **options
         )
 
+    def flushed(run):
+        def inside():
+            with flush_denormals():
+                run()
+
+        return inside
+
     variants = {
         ref_name: lambda: plain_iwae_epoch(plain_vae, plain_opt, x, gens["plain"], k),
+        "the same, inside flush_denormals": flushed(
+            lambda: plain_iwae_epoch(flushed_vae, flushed_opt, x, gens["flushed"], k)
+        ),
         f"ppl_vae.fit, objective='iwae' (k={k})": run_fit(iwae_vae, "iwae"),
         f"ppl_vae.fit, objective='iwae-dreg' (k={k})": run_fit(dreg_vae, "iwae-dreg"),
         f"ppl_vae.fit, objective='iwae' (k={k}), compile='compile'": run_fit(
@@ -162,8 +180,18 @@ def iwae_table(base, data, x, k, repeats, peak) -> None:
     }
     pmodel = pythae_model("iwae", plain_copy(base), k=k)
     if pmodel is not None:  # pythae's data are static within an epoch: a fresh draw per epoch
+        pflushed = pythae_model("iwae", plain_copy(base), k=k)
         variants[f"pythae 0.1.2 IWAE, its BaseTrainer (k={k})"] = lambda: train_pythae(
             pmodel, torch.bernoulli(x, generator=gens["pythae"]), 1, dynamic=False, seed=8
+        )
+        variants["pythae, inside flush_denormals"] = flushed(
+            lambda: train_pythae(
+                pflushed,
+                torch.bernoulli(x, generator=gens["pythae flushed"]),
+                1,
+                dynamic=False,
+                seed=8,
+            )
         )
     else:
         print("pythae is not installed: its row is skipped (pip install pythae==0.1.2 --no-deps)")

@@ -9,7 +9,15 @@ import torch
 
 from ppl_vae import build_vae, fit, log_likelihood
 from ppl_vae.data import binarize
-from ppl_vae.fastmath import FastBernoulli, bernoulli, fused_elementwise, plain_copy, softplus
+from ppl_vae.fastmath import (
+    FastBernoulli,
+    bernoulli,
+    flush_denormals,
+    flushing_denormals,
+    fused_elementwise,
+    plain_copy,
+    softplus,
+)
 from ppl_vae.traced import compiler_available
 
 
@@ -134,3 +142,63 @@ def test_compiled_kernels_give_the_plain_estimates_and_leave_gradients_alone():
         torch.testing.assert_close(g, torch.sigmoid(h), atol=0, rtol=0)
         with torch.no_grad():  # the kernel: the same values to rounding
             torch.testing.assert_close(softplus(h), torch.nn.functional.softplus(h))
+
+
+#: 4M subnormal floats, made before any test flushes (made under flush-to-zero they are 0)
+_TINY = torch.full((1 << 22,), 1e-39)
+
+
+def _subnormal_products() -> int:
+    """How many of 4M products 1e-39 * 1 stay subnormal (a large op: every torch thread works),
+    counted by their bits (a float comparison would read subnormals as 0 where they flush)."""
+    assert int((_TINY.view(torch.int32) != 0).sum()) == 1 << 22
+    product = _TINY * torch.ones_like(_TINY)
+    return int((product.view(torch.int32) != 0).sum())
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_flush_denormals_reaches_torchs_worker_threads_and_restores_them(two_threads):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this processor cannot flush subnormal floats")
+    assert not flushing_denormals() and _subnormal_products() == 1 << 22
+    with flush_denormals():
+        # torch.set_flush_denormal alone sets the calling thread: half of them would stay
+        assert flushing_denormals() and _subnormal_products() == 0
+        with flush_denormals():
+            assert _subnormal_products() == 0
+        assert _subnormal_products() == 0  # the inner block found it on and left it on
+    assert not flushing_denormals() and _subnormal_products() == 1 << 22
+    with flush_denormals(False):
+        assert _subnormal_products() == 1 << 22
+
+
+def test_fit_trains_under_flush_to_zero_unless_told_to_keep_subnormals(two_threads):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this processor cannot flush subnormal floats")
+    torch.manual_seed(0)
+    vae = build_vae(784, z_dim=2, hidden=(16,))
+    x = (torch.rand(40, 784) < 0.3).float()
+    for setting, expected in (("flush", 0), ("keep", 1 << 22)):
+        seen: list[int] = []
+        record = seen.append
+        fit(
+            vae,
+            x,
+            epochs=1,
+            batch_size=20,
+            progress=False,
+            denormals=setting,
+            callback=lambda *_, record=record: record(_subnormal_products()),
+        )
+        assert seen == [expected, expected], setting
+        assert not flushing_denormals()  # as it was before fit
+    with flush_denormals():
+        fit(vae, x, epochs=1, batch_size=20, progress=False, denormals="keep")
+        assert flushing_denormals()  # fit leaves the caller's setting alone
