@@ -41,7 +41,7 @@ from torch import Tensor
 
 __all__ = ["MODES", "TracedStep", "compiler_available", "quiet_inductor"]
 
-#: ``fit``'s ``compile`` setting: ``auto`` compiles one-particle objectives on long epochs
+#: ``fit``'s ``compile`` setting: ``auto`` compiles on long epochs
 #: (see ``FitConfig``)
 MODES = ("auto", "compile", "trace", "off")
 

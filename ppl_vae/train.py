@@ -125,8 +125,8 @@ class FitConfig:
         "auto",
         "the fast engine's steps once Pyro's checks are off (from epoch 2): compile: traced "
         "once and compiled by torch.compile (equal to float rounding); trace: traced and "
-        "replayed (equal to the bit); off: Pyro every step; auto: compile with one particle "
-        "where an epoch has 200 steps or more and a C++ compiler is found, else off",
+        "replayed (equal to the bit); off: Pyro every step; auto: compile where an epoch has "
+        "200 steps or more and a C++ compiler is found, else off",
         MODES,
     )
     denormals: str = _opt(
@@ -579,8 +579,7 @@ class _Trainer:
         mode = self.config.compile
         if mode == "auto":  # where compiling paid (benchmarks/README.md, train_speed.py)
             n = self.train_feed.n_batches or 0
-            one = self.config.particles == 1  # at k = 50 the matrix products dominate: no gain
-            mode = "compile" if n >= 200 and one and compiler_available() else "off"
+            mode = "compile" if n >= 200 and compiler_available() else "off"
         if mode == "off" or self.device.type != "cpu" or pyro.poutine.util.is_validation_enabled():
             return None
         return mode
