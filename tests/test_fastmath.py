@@ -85,6 +85,20 @@ def test_fast_bernoulli_log_prob_equals_pyros(dtype, atol):
     assert fast.expand([2, 64]).batch_shape == (2, 64)
 
 
+def test_fast_bernoulli_gradients_in_the_logits_and_the_value_pass_gradcheck():
+    # the hand-written backward, against finite differences, with the value broadcast over
+    # particles as the IWAE step has it, and a grey-level value that needs its own gradient
+    logits = (torch.randn(3, 4, 5, dtype=torch.float64) * 6).requires_grad_()
+    value = torch.rand(4, 5, dtype=torch.float64, requires_grad=True)
+
+    def log_prob(logits, value):
+        return FastBernoulli(logits=logits, validate_args=False).log_prob(value)
+
+    assert torch.autograd.gradcheck(log_prob, (logits, value))
+    expected = value * logits - torch.nn.functional.softplus(logits)
+    torch.testing.assert_close(log_prob(logits, value), expected, atol=1e-12, rtol=0)
+
+
 def test_fast_bernoulli_still_validates_the_value():
     with pytest.raises(ValueError, match="support"):
         FastBernoulli(logits=torch.zeros(3), validate_args=True).log_prob(torch.tensor(0.5))
