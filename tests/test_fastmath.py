@@ -216,3 +216,11 @@ def test_fit_trains_under_flush_to_zero_unless_told_to_keep_subnormals(two_threa
     with flush_denormals():
         fit(vae, x, epochs=1, batch_size=20, progress=False, denormals="keep")
         assert flushing_denormals()  # fit leaves the caller's setting alone
+
+
+def test_an_unknown_denormals_setting_is_refused_naming_the_flag():
+    vae = build_vae(784, z_dim=2, hidden=(16,))
+    with pytest.raises(
+        ValueError, match=r"denormals must be one of \['flush', 'keep'\].*--denormals"
+    ):
+        fit(vae, torch.zeros(10, 784), epochs=1, progress=False, denormals="sometimes")

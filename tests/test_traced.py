@@ -151,6 +151,17 @@ def test_auto_compiles_only_long_epochs(digits):
     assert fit(vae, digits, epochs=2, progress=False).step_mode == "eager"  # short epochs
 
 
+@pytest.mark.skipif(not compiler_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_iwae_steps_give_the_eager_parameters_to_float_rounding(digits):
+    # compile="auto" compiles the IWAE bound too on long epochs: the same update as eager
+    eager, compiled = twins(build_vae, x_dim=64, z_dim=4, hidden=(32,))
+    settings = {"objective": "iwae", "particles": 5, "epochs": 3, "progress": False}
+    fit(eager, digits, compile="off", **settings)
+    result = fit(compiled, digits, compile="compile", **settings)
+    assert result.step_mode.startswith("compiled"), result.step_mode
+    torch.testing.assert_close(flat(compiled), flat(eager), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "mode",
     [
