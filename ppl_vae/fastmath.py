@@ -24,11 +24,11 @@ on the calling thread and on torch's OpenMP worker threads: the processor's flus
 denormals-are-zero modes, which ``torch.set_flush_denormal`` sets on the calling thread alone.
 On x86 one subnormal operand costs a microcode assist of a hundred cycles or more. The IWAE
 gradient makes them: the normalized weight of a poor particle, times the pixel's residual, is
-often below 1e-38, and after a few hundred k = 50 steps 0.3% of the decoder's output gradient
-was subnormal, enough to make the backward matrix products several times slower (a step went
-from 80 to 350 ms over 160 steps, Intel Xeon, 2 threads; benchmarks/README.md). A value that
-small is below float32's resolution next to any weight that matters (the weights sum to 1), so
-flushing it changes no sum beyond rounding.
+often below 1e-38: in k = 50 training of the seed network, 0.2% of the decoder's output
+gradient was subnormal at step 100 and 2.7% at step 200, and the hand-written step went from
+70 to 195 ms, pythae's from 87 to 329 ms (Intel Xeon, 2 threads; benchmarks/README.md). A
+value that small is below float32's resolution next to any weight that matters (the weights
+sum to 1), so flushing it changes no sum beyond rounding.
 """
 
 from __future__ import annotations
@@ -191,19 +191,22 @@ def flushing_denormals() -> bool:
 def flush_denormals(flush: bool = True) -> Iterator[None]:
     """Inside, with ``flush``, the CPU sets subnormal floats to zero (flush-to-zero and
     denormals-are-zero) on the calling thread and torch's intra-op threads; on the way out
-    the setting found on entry comes back, on all of them. Where the processor cannot
-    (``torch.set_flush_denormal`` says so), or with ``flush=False``, nothing changes. Threads
-    that torch starts inside inherit the setting. ``fit`` trains inside it (``denormals``
-    setting). On a system with no ``/proc/self/maps`` only the calling thread is set.
+    the calling thread's setting found on entry comes back, on all of them. Where the
+    processor cannot (``torch.set_flush_denormal`` says so), or with ``flush=False``, nothing
+    changes. Threads that torch starts inside inherit the setting. ``fit`` trains inside it
+    (``denormals`` setting). On a system with no ``/proc/self/maps`` only the calling thread
+    is set.
 
     >>> with flush_denormals():
     ...     torch.tensor([1e-39]) * 2
     tensor([0.])
     """
     before = flushing_denormals()
-    if not flush or before or not torch.set_flush_denormal(True):
+    if not flush or not torch.set_flush_denormal(True):
         yield
         return
+    # set everywhere even when this thread already flushes: torch.set_flush_denormal, called
+    # after torch started its threads, reaches this thread alone
     try:
         _set_everywhere(True)
         yield

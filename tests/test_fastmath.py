@@ -11,6 +11,7 @@ from ppl_vae import build_vae, fit, log_likelihood
 from ppl_vae.data import binarize
 from ppl_vae.fastmath import (
     FastBernoulli,
+    _set_everywhere,
     bernoulli,
     flush_denormals,
     flushing_denormals,
@@ -191,6 +192,15 @@ def test_flush_denormals_reaches_torchs_worker_threads_and_restores_them(two_thr
     assert not flushing_denormals() and _subnormal_products() == 1 << 22
     with flush_denormals(False):
         assert _subnormal_products() == 1 << 22
+    # torch's own switch, thrown after its threads started, leaves the workers out...
+    torch.set_flush_denormal(True)
+    try:
+        assert flushing_denormals() and _subnormal_products() > 0
+        with flush_denormals():
+            assert _subnormal_products() == 0  # ...and this reaches them anyway
+        assert _subnormal_products() == 0  # the calling thread's setting, now on all of them
+    finally:
+        _set_everywhere(False)
 
 
 def test_fit_trains_under_flush_to_zero_unless_told_to_keep_subnormals(two_threads):
