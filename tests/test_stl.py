@@ -111,3 +111,45 @@ def test_guide_gradient_is_unbiased_away_from_the_posterior() -> None:
     want_loc, want_log_scale = torch.autograd.grad(kl, (loc, log_scale))
     torch.testing.assert_close(g["loc"], want_loc, rtol=0, atol=0.03)
     torch.testing.assert_close(g["log_scale"], want_log_scale, rtol=0, atol=0.03)
+
+
+def test_a_guide_known_to_have_one_site_is_not_recorded_and_gets_the_same_gradients() -> None:
+    W, b, x, loc, scale = _problem()
+    _set_params(b + 0.3, loc + 0.4, scale * 1.5)
+    reused = STLELBO()
+    _grads(reused, W, x, seed=1)
+    assert reused._drawn is not None  # a guide seen for the first time is recorded
+    second = _grads(reused, W, x, seed=2)
+    assert reused._drawn is None  # known to have one latent site: no recording, no replay
+    fresh = _grads(STLELBO(), W, x, seed=2)
+    for name in ("loss", "b", "loc", "log_scale"):
+        torch.testing.assert_close(second[name], fresh[name], rtol=0, atol=0)
+
+
+def _chain(x: Tensor, deep: bool) -> None:
+    z1 = pyro.sample("z1", dist.Normal(torch.zeros(1, dtype=DTYPE), 1.0).to_event(1))
+    if deep:  # a model whose structure follows its arguments
+        z1 = pyro.sample("z2", dist.Normal(z1, 1.0).to_event(1))
+    pyro.sample("x", dist.Normal(z1, 1.0).to_event(1), obs=x)
+
+
+def _chain_guide(x: Tensor, deep: bool) -> None:
+    shift = pyro.param("shift", torch.tensor([0.3], dtype=DTYPE))
+    z1 = pyro.sample("z1", dist.Normal(shift, 0.8).to_event(1))
+    if deep:
+        pyro.sample("z2", dist.Normal(z1 * 0.5 + shift, 0.7).to_event(1))
+
+
+def test_a_guide_that_grows_a_site_is_scored_live_once_then_replayed() -> None:
+    pyro.clear_param_store()
+    x = torch.tensor([1.0], dtype=DTYPE)
+    stl = STLELBO()
+    for deep, recorded in ((False, True), (False, False), (True, False), (True, True)):
+        pyro.set_rng_seed(0)
+        loss = stl.differentiable_loss(_chain, _chain_guide, x, deep)
+        pyro.set_rng_seed(0)
+        expected = Trace_ELBO().differentiable_loss(_chain, _chain_guide, x, deep)
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+        (grad,) = torch.autograd.grad(loss, pyro.param("shift").unconstrained())
+        assert torch.isfinite(grad).all()
+        assert (stl._drawn is not None) == recorded, (deep, recorded)
