@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_zero, scale_and_mask
@@ -12,8 +9,6 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import torch_item
 from pyro.poutine import Trace
-
-from .traced import _key_of
 
 __all__ = ["STLELBO", "TensorTraceELBO"]
 
@@ -124,21 +119,12 @@ class STLELBO(TensorTraceELBO):
         super().__init__(num_particles=num_particles, **kwargs)
         self._guide_call: tuple | None = None
         self._drawn: Trace | None = None
-        #: latent sites each guide had at its last step, with the guide (held, so that its
-        #: id is not reused); a guide known to have one is not recorded for a replay
-        self._latent_counts: dict[Any, tuple[Callable, int]] = {}
 
     def _get_traces(self, model, guide, args, kwargs):
         # For the replay of a guide with several sites: the guide and its arguments, and each
         # particle's full trace (Pyro prunes a plate's subsample indices from the trace it
-        # scores, and a replay without them would draw other rows). A guide with one latent
-        # site needs no replay, and recording it costs an eager one-layer step 3%.
-        key = _key_of(guide)
-        self._guide_call, self._drawn = (guide, args, kwargs, key), None
-        known = self._latent_counts.get(key)
-        if known is not None and known[1] <= 1:
-            yield from super()._get_traces(model, guide, args, kwargs)
-            return
+        # scores, and a replay without them would draw other rows).
+        self._guide_call = (guide, args, kwargs)
 
         def recorded(*a, **k):
             tracer = poutine.trace(guide)
@@ -155,7 +141,7 @@ class STLELBO(TensorTraceELBO):
         assert self._guide_call is not None and self._drawn is not None, (
             "STLELBO scores traces it drew itself"
         )
-        guide, args, kwargs, _ = self._guide_call
+        guide, args, kwargs = self._guide_call
         if self.vectorize_particles:
             guide = self._vectorized_num_particles(guide)
         frozen = self._drawn.copy()
@@ -184,16 +170,10 @@ class STLELBO(TensorTraceELBO):
         # it on that live draw would also cancel a path term, so the guide is replayed.
         # The guide's first latent site hangs on no earlier draw: its live distribution is
         # scored as it is (which spares a second backward pass through the networks before it).
-        # A guide that had one latent site before and has several now (its structure follows
-        # its data) was not recorded: this step scores every site on its live distribution
-        # (unbiased, though not STL's path term alone), and the next one records it.
-        guide, _, _, key = self._guide_call
-        self._latent_counts[key] = (guide, len(sites))
-        several = len(sites) > 1 and self._drawn is not None
-        frozen = self._frozen_guide() if several else guide_trace
+        frozen = self._frozen_guide() if len(sites) > 1 else guide_trace
         for name in sites:
             site = guide_trace.nodes[name]
-            fn = (frozen if several and name != first else guide_trace).nodes[name]["fn"]
+            fn = (guide_trace if name == first else frozen).nodes[name]["fn"]
             log_q = scale_and_mask(
                 fn.log_prob(site["value"].detach()), site["scale"], site["mask"]
             ).sum()
