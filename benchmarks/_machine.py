@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,3 +48,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def mnist_or_smoke(data_dir: str) -> Any:
+    """MNIST from the IDX files in ``data_dir`` (dynamic binarization), or, where that folder
+    does not exist, the embedded 5,000-image subset, so a benchmark also runs on a machine
+    without the files."""
+    from ppl_vae.data import load_dataset
+
+    if Path(data_dir).is_dir():
+        return load_dataset("mnist", data_dir=data_dir)
+    return load_dataset("mnist5k")

@@ -37,12 +37,11 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, mnist_or_smoke  # noqa: E402
 from _peers import pythae_model, train_pythae  # noqa: E402
 from train_speed import plain_iwae_epoch  # noqa: E402
 
 from ppl_vae import build_vae, fit  # noqa: E402
-from ppl_vae.data import load_dataset  # noqa: E402
 from ppl_vae.fastmath import flush_denormals, plain_copy  # noqa: E402
 
 
@@ -74,10 +73,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
-    if Path(args.data_dir).is_dir():
-        data = load_dataset("mnist", data_dir=args.data_dir)
-    else:
-        data = load_dataset("mnist5k")
+    data = mnist_or_smoke(args.data_dir)
     x = data.train[: args.rows]
     train = dataclasses.replace(data, train=x, val=None)
     steps = -(-len(x) // 100)
@@ -85,7 +81,8 @@ def main() -> None:
     base = build_vae(784)
     plain, plain_flush = plain_copy(base), plain_copy(base)
     shares = subnormal_share(plain)
-    opts = {id(m): torch.optim.Adam(m.parameters(), lr=1e-3) for m in (plain, plain_flush)}
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    flush_opt = torch.optim.Adam(plain_flush.parameters(), lr=1e-3)
     gens = {key: torch.Generator().manual_seed(0) for key in ("plain", "flush", "pythae")}
     kept, flushed = copy.deepcopy(base), copy.deepcopy(base)
 
@@ -103,12 +100,10 @@ def main() -> None:
 
     def plain_flushed():
         with flush_denormals():
-            plain_iwae_epoch(plain_flush, opts[id(plain_flush)], x, gens["flush"], args.k)
+            plain_iwae_epoch(plain_flush, flush_opt, x, gens["flush"], args.k)
 
     variants = {
-        "plain PyTorch": lambda: plain_iwae_epoch(
-            plain, opts[id(plain)], x, gens["plain"], args.k
-        ),
+        "plain PyTorch": lambda: plain_iwae_epoch(plain, plain_opt, x, gens["plain"], args.k),
         "plain PyTorch, flush_denormals": plain_flushed,
         "fit, denormals='keep'": run_fit(kept, "keep"),
         "fit (denormals='flush')": run_fit(flushed, "flush"),

@@ -29,17 +29,15 @@ import dataclasses
 import math
 import statistics
 import time
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
-from _machine import DECODER_MACS, ENCODER_MACS, STEP_FLOP, cpu_model, matmul_peak
+from _machine import DECODER_MACS, ENCODER_MACS, STEP_FLOP, cpu_model, matmul_peak, mnist_or_smoke
 from _peers import pythae_model, train_pythae
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from ppl_vae import build_vae, fit
-from ppl_vae.data import load_dataset
 from ppl_vae.estimators import log_likelihood
 from ppl_vae.fastmath import FastBernoulli, flush_denormals, plain_copy
 
@@ -225,10 +223,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
-    if Path(args.data_dir).is_dir():
-        data = load_dataset("mnist", data_dir=args.data_dir)
-    else:
-        data = load_dataset("mnist5k")
+    data = mnist_or_smoke(args.data_dir)
     x = data.train[: args.rows]
     train_only = dataclasses.replace(data, train=x, val=None)  # dynamic binarization, no val
     steps = -(-len(x) // 100)

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, mnist_or_smoke  # noqa: E402
 
 from ppl_vae import build_vae, train  # noqa: E402
-from ppl_vae.data import load_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,10 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default="../shared/data/mnist")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if Path(args.data_dir).is_dir():
-        data = load_dataset("mnist", data_dir=args.data_dir)
-    else:
-        data = load_dataset("mnist5k")
+    data = mnist_or_smoke(args.data_dir)
     data = dataclasses.replace(data, train=data.train[: args.rows], val=None)
     torch.manual_seed(0)
     base = build_vae(784)
