@@ -18,18 +18,30 @@ Usage (from the repository root)::
 
 A milestone below the epochs the run folder already holds cannot be evaluated any more (the
 weights have moved on); it is skipped with a note.
+
+``--hours H`` bounds this invocation's wall time (a session that is stopped at a fixed time, say).
+Before each stage the seconds an epoch takes (median of the last epochs in ``metrics.jsonl``) and
+the evaluations' cost (from the last milestone's, scaled by samples x points) say whether the
+next milestone and the final K = 5000 evaluation still fit. When they do not, the run trains as
+many epochs as fit, makes that epoch its last milestone (with the final evaluation) and names
+the milestones left; the same command later continues from there. Before the first epoch there
+is nothing to measure, so a first stage longer than one epoch starts with a one-epoch stage,
+and before the first milestone's evaluation its cost is not known and not reserved.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mnist  # noqa: E402
+
+clock = time.monotonic  # what --hours is counted on (a seam for the tests)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +60,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/long")
     p.add_argument("--goal", type=float, default=None, help="an NLL to draw as a dashed line")
+    p.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="wall-time budget of this invocation: stop early, with the final evaluation",
+    )
     args = p.parse_args(argv)
     milestones = sorted(set(args.milestones))
     if milestones[0] < 1:
@@ -57,6 +75,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         # a validation loss that --val-size 0 does not have
         p.error(f"--lr-schedule {args.lr_schedule} does not extend across milestones; use iwae")
     args.milestones = milestones
+    if args.hours is not None and not args.hours > 0:
+        p.error("--hours is a wall-time budget in hours, above 0")
     if args.dataset == "mnist" and not any(Path(args.data_dir).rglob("train-images*")):
         p.error(f"no MNIST IDX files in {args.data_dir}; pass --data-dir")
     return args
@@ -85,34 +105,108 @@ def _stage_args(args: argparse.Namespace, epochs: int, samples: int, limit: int)
 
 def _point(ev: dict) -> dict:
     keep = ("log_likelihood", "stderr", "stderr_points", "elbo", "share_pareto_k_above_0.7")
-    return {k: ev[k] for k in keep} | {"active_units": ev.get("active_units")}
+    timing = {k: ev[k] for k in ("num_points", "eval_seconds") if k in ev}
+    return {k: ev[k] for k in keep} | {"active_units": ev.get("active_units")} | timing
+
+
+def epoch_seconds(folder: Path, last: int = 10) -> float | None:
+    """The median of the last ``last`` epochs' seconds in ``metrics.jsonl``; None before one."""
+    log = folder / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    seconds = [r["seconds"] for r in records if "epoch" in r and "seconds" in r]
+    return statistics.median(seconds[-last:]) if seconds else None
+
+
+def _test_size(args: argparse.Namespace) -> int:
+    from ppl_vae.data import load_dataset
+
+    data_dir = args.data_dir if mnist._idx_data(args) else None
+    val_size = args.val_size if mnist._idx_data(args) else None
+    return len(load_dataset(args.dataset, data_dir=data_dir, val_size=val_size).test)
+
+
+def eval_costs(args: argparse.Namespace, curve: dict) -> tuple[float, float]:
+    """Seconds of one milestone's evaluation and of the final one, scaled from the latest
+    timed milestone by samples x points; (0, 0) before any milestone was timed."""
+    timed = [curve[m]["curve"] for m in sorted(curve, key=int)]
+    timed = [c for c in timed if "eval_seconds" in c and c.get("num_points")]
+    if not timed:
+        return 0.0, 0.0
+    last = timed[-1]
+    per_draw = last["eval_seconds"] / (args.curve_samples * last["num_points"])
+    every = last["num_points"] if last["num_points"] < args.curve_points else _test_size(args)
+    final_points = min(args.test_limit, every) if args.test_limit else every
+    return last["eval_seconds"], per_draw * args.samples * final_points
+
+
+def budget_target(
+    held: int, milestone: int, left: float, epoch_s: float, costs: tuple[float, float]
+) -> int | None:
+    """The epoch a stage trains to in ``left`` seconds: ``milestone`` when its epochs, its
+    evaluation and the final one fit; else as many epochs as fit before those two evaluations
+    (``held`` when none does); None when not even the evaluations fit."""
+    curve_s, final_s = costs
+    if (milestone - held) * epoch_s + curve_s + final_s <= left:
+        return milestone
+    spare = left - curve_s - final_s
+    return None if spare < 0 else min(milestone, held + int(spare // epoch_s))
 
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    deadline = None if args.hours is None else clock() + 3600 * args.hours
     folder = Path(args.out) / args.row
     folder.mkdir(parents=True, exist_ok=True)
     curve_file = folder / "curve.json"
     curve = json.loads(curve_file.read_text()) if curve_file.is_file() else {}
-    for m in args.milestones:
+    for i, m in enumerate(args.milestones):
         if str(m) in curve:
             continue
         held = _trained_epochs(folder)
         if held > m:
             print(f"milestone {m}: skipped, the run folder already holds {held} epochs")
             continue
-        print(f"[{time.strftime('%H:%M:%S')}] {args.row}: training to epoch {m}", flush=True)
-        stage = _stage_args(args, m, args.curve_samples, args.curve_points)
+        target = m
+        if deadline is not None:
+            if epoch_seconds(folder) is None and m > held + 1:  # time one epoch first
+                mnist.train_row(args.row, _stage_args(args, held + 1, 0, 0))
+                held += 1
+            epoch_s, costs = epoch_seconds(folder), eval_costs(args, curve)
+            if epoch_s is not None:  # else this stage is the one epoch that times the rest
+                target = budget_target(held, m, deadline - clock(), epoch_s, costs)
+            if not target:  # None, or 0 epochs: nothing to evaluate
+                left = ", ".join(map(str, args.milestones[i:]))
+                print(
+                    f"--hours: stopped at epoch {held}: its evaluations need about "
+                    f"{sum(costs):.0f} s, more than the "
+                    f"{max(0.0, deadline - clock()):.0f} s left. Milestones left: "
+                    f"{left}; the same command continues.",
+                    flush=True,
+                )
+                break
+        last = target < m or m == args.milestones[-1]
+        print(f"[{time.strftime('%H:%M:%S')}] {args.row}: training to epoch {target}", flush=True)
+        stage = _stage_args(args, target, args.curve_samples, args.curve_points)
         mnist.train_row(args.row, stage)
         entry = {"curve": _point(mnist.evaluate_row(args.row, stage))}
         entry["train_seconds"] = mnist.train_seconds(args.row, {}, stage)
-        if m == args.milestones[-1]:
-            final = _stage_args(args, m, args.samples, args.test_limit)
+        if last:
+            final = _stage_args(args, target, args.samples, args.test_limit)
             entry["final"] = _point(mnist.evaluate_row(args.row, final))
-        curve[str(m)] = entry
+        curve[str(target)] = entry
         curve_file.write_text(json.dumps(curve, indent=2) + "\n")
         draw(folder, args, curve)  # after every milestone, so a stopped run has its picture
         print(f"    test NLL {-entry['curve']['log_likelihood']:.2f} (curve)", flush=True)
+        if target < m:
+            left = ", ".join(map(str, args.milestones[i:]))
+            print(
+                f"--hours: epoch {target} was the last that fit, evaluated as the final "
+                f"milestone. Milestones left: {left}; the same command continues.",
+                flush=True,
+            )
+            break
     print(table(args, curve))
     draw(folder, args, curve)
     return curve

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mnist.py"
 
@@ -40,12 +43,53 @@ def test_mnist_table_trains_evaluates_and_resumes(tmp_path, capsys) -> None:
     capsys.readouterr()
 
 
-@pytest.mark.slow
-def test_long_run_stages_a_row_and_reads_its_curve_back(tmp_path, capsys, monkeypatch) -> None:
+def _long_run(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("bench_long", SCRIPT.parent / "long_run.py")
-    long_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(long_run)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def long_run_module():
+    """benchmarks/long_run.py, for tests that cannot take the function-scoped monkeypatch."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_long", SCRIPT.parent / "long_run.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    held=st.integers(0, 500),
+    ahead=st.integers(1, 500),
+    left=st.floats(0, 1e5),
+    epoch_s=st.floats(0.01, 100),
+    curve_s=st.floats(0, 1000),
+    final_s=st.floats(0, 5000),
+)
+def test_long_run_budget_trains_what_fits_and_keeps_the_evaluations(
+    long_run_module, held, ahead, left, epoch_s, curve_s, final_s
+) -> None:
+    milestone = held + ahead
+    target = long_run_module.budget_target(held, milestone, left, epoch_s, (curve_s, final_s))
+    if target is None:  # not even the two evaluations fit
+        assert curve_s + final_s > left
+        return
+    assert held <= target <= milestone
+    assert (target - held) * epoch_s + curve_s + final_s <= left * (1 + 1e-9)
+    if target < milestone:  # one epoch more would not have fit
+        assert (target + 1 - held) * epoch_s + curve_s + final_s > left
+
+
+@pytest.mark.slow
+def test_long_run_stages_a_row_and_reads_its_curve_back(tmp_path, capsys, monkeypatch) -> None:
+    long_run = _long_run(monkeypatch)
     out = tmp_path / "long"
     argv = ["--row", "seed", "--dataset", "mnist5k", "--curve-samples", "8"]
     argv += ["--curve-points", "12", "--samples", "10", "--test-limit", "12", "--out", str(out)]
@@ -58,4 +102,34 @@ def test_long_run_stages_a_row_and_reads_its_curve_back(tmp_path, capsys, monkey
     saved = (out / "seed" / "curve.json").read_text()
     long_run.run([*argv, "--milestones", "1", "2"])  # finished milestones are read back
     assert (out / "seed" / "curve.json").read_text() == saved
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_long_run_stops_within_its_hours_with_a_final_evaluation(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    long_run = _long_run(monkeypatch)
+    monkeypatch.setattr(long_run, "clock", lambda: 0.0)  # time stands still: exact budgets
+    out = tmp_path / "long"
+    argv = ["--row", "seed", "--dataset", "mnist5k", "--curve-samples", "8"]
+    argv += ["--curve-points", "12", "--samples", "10", "--test-limit", "12", "--out", str(out)]
+    folder = out / "seed"
+    # a fresh folder: one epoch alone first, to time an epoch, then the rest of the milestone
+    curve = long_run.run([*argv, "--milestones", "2", "--hours", "1"])
+    assert sorted(curve) == ["2"] and "final" in curve["2"]
+    args = long_run.parse([*argv, "--milestones", "2", "7"])
+    epoch_s, costs = long_run.epoch_seconds(folder), long_run.eval_costs(args, curve)
+    assert epoch_s > 0 and costs[0] > 0 and costs[1] > costs[0]  # K 10 against 8, same points
+    hours = (sum(costs) + 2.5 * epoch_s) / 3600  # room for two epochs and both evaluations
+    curve = long_run.run([*argv, "--milestones", "2", "7", "--hours", str(hours)])
+    assert sorted(curve, key=int) == ["2", "4"] and "final" in curve["4"]
+    assert "Milestones left: 7" in capsys.readouterr().out
+    curve = long_run.run([*argv, "--milestones", "2", "7", "9", "--hours", "1e-9"])
+    assert sorted(curve, key=int) == ["2", "4"]  # not even the evaluations fit: nothing done
+    assert "stopped at epoch 4" in capsys.readouterr().out
+    curve = long_run.run([*argv, "--milestones", "2", "7"])  # the same command continues
+    assert sorted(curve, key=int) == ["2", "4", "7"] and "final" in curve["7"]
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 8)), lines
     capsys.readouterr()
