@@ -170,7 +170,8 @@ def run(argv: list[str] | None = None) -> dict:
             continue
         target = m
         if deadline is not None:
-            if epoch_seconds(folder) is None and m > held + 1:  # time one epoch first
+            if epoch_seconds(folder) is None and m > held + 1:
+                print(f"[{time.strftime('%H:%M:%S')}] {args.row}: one epoch first, to time it")
                 mnist.train_row(args.row, _stage_args(args, held + 1, 0, 0))
                 held += 1
             epoch_s, costs = epoch_seconds(folder), eval_costs(args, curve)
