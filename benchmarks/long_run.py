@@ -250,7 +250,7 @@ def draw(folder: Path, args: argparse.Namespace, curve: dict) -> None:
         [e["epoch"] for e in epochs],
         [e["train_loss"] for e in epochs],
         lw=1,
-        label="train loss (-ELBO, beta-weighted in the warm-up)",
+        label="train loss (minus the training bound, beta-weighted in a warm-up)",
     )
     ms = sorted(curve, key=int)
     ax.plot(
