@@ -147,10 +147,10 @@ def budget_target(
     """The epoch a stage trains to in ``left`` seconds: ``milestone`` when its epochs, its
     evaluation and the final one fit; else as many epochs as fit before those two evaluations
     (``held`` when none does); None when not even the evaluations fit."""
-    curve_s, final_s = costs
-    if (milestone - held) * epoch_s + curve_s + final_s <= left:
+    evaluations = sum(costs)
+    if (milestone - held) * epoch_s + evaluations <= left:
         return milestone
-    spare = left - curve_s - final_s
+    spare = left - evaluations
     return None if spare < 0 else min(milestone, held + int(spare // epoch_s))
 
 
