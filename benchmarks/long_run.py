@@ -111,11 +111,7 @@ def _point(ev: dict) -> dict:
 
 def epoch_seconds(folder: Path, last: int = 10) -> float | None:
     """The median of the last ``last`` epochs' seconds in ``metrics.jsonl``; None before one."""
-    log = folder / "metrics.jsonl"
-    if not log.is_file():
-        return None
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    seconds = [r["seconds"] for r in records if "epoch" in r and "seconds" in r]
+    seconds = [r["seconds"] for r in mnist.epoch_records(folder) or [] if "seconds" in r]
     return statistics.median(seconds[-last:]) if seconds else None
 
 
@@ -242,9 +238,7 @@ def draw(folder: Path, args: argparse.Namespace, curve: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log = folder / "metrics.jsonl"
-    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    epochs = [e for e in epochs if "epoch" in e and "train_loss" in e]
+    epochs = [e for e in mnist.epoch_records(folder) or [] if "train_loss" in e]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(
         [e["epoch"] for e in epochs],

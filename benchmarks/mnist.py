@@ -271,14 +271,22 @@ def evaluate_row(name: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def epoch_records(folder: Path) -> list[dict] | None:
+    """The per-epoch records of a run folder's ``metrics.jsonl``; None when it has none."""
+    log = folder / "metrics.jsonl"
+    if not log.is_file():
+        return None
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [r for r in records if "epoch" in r]
+
+
 def train_seconds(name: str, trained: dict, args: argparse.Namespace) -> float:
     """Training time: the sum of the epochs' own times in metrics.jsonl (a resumed row counts
     each epoch once; evaluation, start-up and pauses are left out); a peer's own timing."""
-    log = Path(args.out) / name / "metrics.jsonl"
-    if name in PEERS or not log.is_file():
+    epochs = epoch_records(Path(args.out) / name)
+    if name in PEERS or epochs is None:
         return trained["train_seconds"]
-    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return sum(e.get("seconds", 0.0) for e in epochs if "epoch" in e)
+    return sum(e.get("seconds", 0.0) for e in epochs)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -15,11 +15,15 @@ from hypothesis import strategies as st
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mnist.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_mnist", SCRIPT)
+def _exec(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load():
+    return _exec(SCRIPT, "bench_mnist")
 
 
 @pytest.mark.slow
@@ -45,10 +49,7 @@ def test_mnist_table_trains_evaluates_and_resumes(tmp_path, capsys) -> None:
 
 def _long_run(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_long", SCRIPT.parent / "long_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _exec(SCRIPT.parent / "long_run.py", "bench_long")
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,7 @@ def long_run_module():
     """benchmarks/long_run.py, for tests that cannot take the function-scoped monkeypatch."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        spec = importlib.util.spec_from_file_location("bench_long", SCRIPT.parent / "long_run.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield _exec(SCRIPT.parent / "long_run.py", "bench_long")
     finally:
         sys.path.remove(str(SCRIPT.parent))
 
