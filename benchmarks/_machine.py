@@ -54,7 +54,7 @@ def mnist_or_smoke(data_dir: str) -> Any:
     """MNIST from the IDX files in ``data_dir`` (dynamic binarization), or, where that folder
     does not exist, the embedded 5,000-image subset, so a benchmark also runs on a machine
     without the files."""
-    from ppl_vae.data import load_dataset
+    from ppl_vae.data.datasets import load_dataset
 
     if Path(data_dir).is_dir():
         return load_dataset("mnist", data_dir=data_dir)

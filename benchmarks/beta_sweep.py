@@ -20,8 +20,8 @@ import torch
 from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 
 from ppl_vae import build_vae, elbo, fit
-from ppl_vae.analysis import active_units, elbo_surgery, mutual_information_gap
-from ppl_vae.data import load_dataset
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.evaluation.analysis import active_units, elbo_surgery, mutual_information_gap
 
 
 def main() -> None:

@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from ppl_vae import build_vae
-    from ppl_vae.engines import FastEngine
-    from ppl_vae.fastmath import softplus
-    from ppl_vae.objectives import make_objective
+    from ppl_vae.objectives.factory import make_objective
     from ppl_vae.program import as_program
+    from ppl_vae.runtime.kernels import softplus
+    from ppl_vae.training.engines import FastEngine
 
     torch._inductor.config.fallback_random = True
     torch.manual_seed(0)

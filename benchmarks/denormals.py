@@ -4,7 +4,7 @@ The IWAE gradient weights each particle by its normalized importance weight; for
 particle that weight times a pixel's residual is often below 1.2e-38, a subnormal float32, and
 on x86 each subnormal operand of a matrix product costs a microcode assist. So a step slows
 down as training sharpens the weights. ``fit`` trains under
-``ppl_vae.fastmath.flush_denormals`` (``denormals="flush"``, the default). This trains five
+``ppl_vae.runtime.flush_denormals`` (``denormals="flush"``, the default). This trains five
 copies of the seed network (784-300-300-50, softplus, Bernoulli) with the k-particle IWAE
 bound on the same rows, one epoch of each in turn, and prints every epoch's ms per step:
 
@@ -42,7 +42,8 @@ from _peers import pythae_model, train_pythae  # noqa: E402
 from train_speed import plain_iwae_epoch  # noqa: E402
 
 from ppl_vae import build_vae, fit  # noqa: E402
-from ppl_vae.fastmath import flush_denormals, plain_copy  # noqa: E402
+from ppl_vae.models.reference import plain_copy
+from ppl_vae.runtime.kernels import flush_denormals
 
 
 def subnormal_share(vae) -> list[float]:

@@ -29,8 +29,8 @@ from _machine import STEP_FLOP, cpu_model, loglik_flop, matmul_peak  # benchmark
 def worker(args: argparse.Namespace) -> None:
     """One configuration: time fit's steps, then log p(x); rank 0 prints one JSON line."""
     from ppl_vae import build_vae, fit, log_likelihood
-    from ppl_vae.data import load_dataset
-    from ppl_vae.distributed import init_from_env, leave
+    from ppl_vae.data.datasets import load_dataset
+    from ppl_vae.runtime.distributed import init_from_env, leave
 
     torch.set_num_threads(args.threads)
     world, device = init_from_env(args.device)

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from _machine import cpu_model, loglik_flop, matmul_peak
 
 from ppl_vae import build_vae
-from ppl_vae.estimators import log_likelihood
-from ppl_vae.fastmath import plain_copy
+from ppl_vae.evaluation.loglik import log_likelihood
+from ppl_vae.models.reference import plain_copy
 
 MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist/t10k-images-idx3-ubyte.gz"
 
@@ -51,7 +51,7 @@ def load_images(n: int, seed: int = 0) -> torch.Tensor:
 
 def plain_nets(vae) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The VAE's encoder and decoder networks as a user writes them, with ``nn.Softplus``
-    (ppl_vae's own networks use ``ppl_vae.fastmath.Softplus``)."""
+    (ppl_vae's own networks use ``ppl_vae.runtime.Softplus``)."""
     plain = plain_copy(vae)
     return plain.encoder.net, plain.decoder.net
 

@@ -116,7 +116,7 @@ def epoch_seconds(folder: Path, last: int = 10) -> float | None:
 
 
 def _test_size(args: argparse.Namespace) -> int:
-    from ppl_vae.data import load_dataset
+    from ppl_vae.data.datasets import load_dataset
 
     data_dir = args.data_dir if mnist._idx_data(args) else None
     val_size = args.val_size if mnist._idx_data(args) else None

@@ -195,9 +195,10 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
     row: a stop retrains it."""
     import _peers
 
-    from ppl_vae.data import binarize_splits
-    from ppl_vae.runs import RunConfig, build_program, load_data
-    from ppl_vae.train import fit
+    from ppl_vae.cli.runs import RunConfig, load_data
+    from ppl_vae.data.splits import binarize_splits
+    from ppl_vae.models.build import build_program
+    from ppl_vae.training.trainer import fit
 
     what, preset, prior, trainer, k = PEERS[name]
     folder = Path(args.out) / name

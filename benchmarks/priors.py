@@ -32,12 +32,14 @@ import pyro
 import torch
 from torch import Tensor
 
-from ppl_vae.data import DATASETS, load_dataset
-from ppl_vae.estimators import elbo as elbo_estimate
-from ppl_vae.estimators import log_likelihood
-from ppl_vae.model import VAE, build_vae
-from ppl_vae.polymodal import build_polymodal_vae
-from ppl_vae.train import FitConfig, fit
+from ppl_vae.data.datasets import DATASETS, load_dataset
+from ppl_vae.evaluation.loglik import elbo as elbo_estimate
+from ppl_vae.evaluation.loglik import log_likelihood
+from ppl_vae.models.build import build_vae
+from ppl_vae.models.polymodal import build_polymodal_vae
+from ppl_vae.models.vae import VAE
+from ppl_vae.training.config import FitConfig
+from ppl_vae.training.trainer import fit
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 

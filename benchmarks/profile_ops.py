@@ -16,7 +16,7 @@ from _machine import cpu_model  # benchmarks/ is on sys.path when a script runs
 from torch.profiler import ProfilerActivity, profile
 
 from ppl_vae import build_vae, fit, log_likelihood
-from ppl_vae.data import load_dataset
+from ppl_vae.data.datasets import load_dataset
 
 
 def table(prof, rows: int) -> str:

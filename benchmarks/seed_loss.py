@@ -31,8 +31,9 @@ from _peers import vae_terms  # benchmarks/ is on sys.path
 from torch import nn
 
 from ppl_vae import build_vae
-from ppl_vae.data import binarize, load_dataset
-from ppl_vae.fastmath import plain_copy
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.data.splits import binarize
+from ppl_vae.models.reference import plain_copy
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 

@@ -14,7 +14,7 @@ A second table times the importance-weighted bound at ``--iwae-k`` particles (50
 IWAE model driven by its own ``BaseTrainer`` (when pythae is installed), on ``--iwae-rows``
 rows, interleaved in one process. ``fit`` flushes subnormal floats to zero while it trains
 (``denormals="flush"``); the hand-written step and pythae are timed both as users run them and
-inside ``ppl_vae.fastmath.flush_denormals``, so the table separates what the processor's mode
+inside ``ppl_vae.runtime.flush_denormals``, so the table separates what the processor's mode
 gives from what the code gives. Each variant keeps training across the repeats, and without
 the flush a step slows down as training goes on (``benchmarks/denormals.py``).
 
@@ -38,8 +38,9 @@ from _peers import pythae_model, train_pythae
 from pyro.infer import SVI, TraceMeanField_ELBO
 
 from ppl_vae import build_vae, fit
-from ppl_vae.estimators import log_likelihood
-from ppl_vae.fastmath import FastBernoulli, flush_denormals, plain_copy
+from ppl_vae.evaluation.loglik import log_likelihood
+from ppl_vae.models.reference import plain_copy
+from ppl_vae.runtime.kernels import FastBernoulli, flush_denormals
 
 
 def plain_epoch(vae, opt, x, gen, batch_size=100):
@@ -61,7 +62,7 @@ def plain_epoch(vae, opt, x, gen, batch_size=100):
 def user_functions(vae, name="user"):
     """The seed network as a user writes it: two plain functions that register the networks
     with ``pyro.module`` (here the very modules of ``vae``, and its likelihood,
-    ``ppl_vae.fastmath.FastBernoulli``, so that the arithmetic is the same and the row
+    ``ppl_vae.runtime.FastBernoulli``, so that the arithmetic is the same and the row
     measures fit's handling of a user's program; with Pyro's own ``dist.Bernoulli`` the row
     measured 1.07 and 1.10 times the built-in VAE, for the slower log-likelihood)."""
     encoder, decoder = vae.encoder, vae.decoder

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model, mnist_or_smoke  # noqa: E402
 
-from ppl_vae import build_vae, train  # noqa: E402
+from ppl_vae import build_vae, fit  # noqa: E402
+from ppl_vae.training import trainer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     data = dataclasses.replace(data, train=data.train[: args.rows], val=None)
     torch.manual_seed(0)
     base = build_vae(784)
-    default_rule = train._Trainer._checks_skippable
+    default_rule = trainer._Trainer._checks_skippable
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}")
     print(f"seed network, {args.rows} rows, batch 100; median s of epochs 2 to {args.epochs}")
     print("| objective | checks every epoch | fit (checks in epoch 1) | ratio |")
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     for objective in ("mean-field", "stl"):
         seconds = {}
         for name, rule in (("checked", lambda self: False), ("fit", default_rule)):
-            train._Trainer._checks_skippable = rule
+            trainer._Trainer._checks_skippable = rule
             try:
                 result = fit_copy(base, data, args.epochs, objective)
             finally:
-                train._Trainer._checks_skippable = default_rule
+                trainer._Trainer._checks_skippable = default_rule
             seconds[name] = statistics.median(h["seconds"] for h in result.history[1:])
         print(
             f"| {objective} | {seconds['checked']:.2f} | {seconds['fit']:.2f} | "
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def fit_copy(base, data, epochs: int, objective: str):
     torch.manual_seed(1)
-    return train.fit(
+    return fit(
         copy.deepcopy(base), data, epochs=epochs, objective=objective, warmup=0, progress=False
     )
 

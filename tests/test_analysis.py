@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ppl_vae import build_vae
-from ppl_vae.analysis import active_units, elbo_surgery, mutual_information_gap
+from ppl_vae.evaluation.analysis import active_units, elbo_surgery, mutual_information_gap
 from ppl_vae.program import ProgramError
 
 

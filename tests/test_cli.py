@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from ppl_vae.cli import build_parser, main
-from ppl_vae.runs import RunConfig
-from ppl_vae.train import FitConfig
+from ppl_vae.cli.runs import RunConfig
+from ppl_vae.training.config import FitConfig
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_a_program_without_sample_says_which_method_is_missing(tmp_path, capsys)
 
 def test_a_folder_written_by_fit_in_python_is_read_by_the_cli(tmp_path, capsys):
     from ppl_vae import build_vae, fit
-    from ppl_vae.data import load_dataset
+    from ppl_vae.data.datasets import load_dataset
 
     data = load_dataset("digits", binarization="dynamic")
     fit(build_vae(64, z_dim=2, hidden=(16,)), data, epochs=1, out=tmp_path, progress=False)

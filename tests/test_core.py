@@ -12,10 +12,12 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ppl_vae import build_vae, kl_weight
-from ppl_vae.data import load_dataset
-from ppl_vae.objectives import AnalyticKLELBO, make_objective
-from ppl_vae.stl import STLELBO
-from ppl_vae.train import fit, negative_bound
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.objectives.analytic import AnalyticKLELBO
+from ppl_vae.objectives.factory import make_objective
+from ppl_vae.objectives.stl import STLELBO
+from ppl_vae.training.engines import negative_bound
+from ppl_vae.training.trainer import fit
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +197,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(digits, tmp_path, sto
 
 
 def test_resume_with_other_settings_is_refused(digits, tmp_path):
-    from ppl_vae.checkpoint import CheckpointError
+    from ppl_vae.training.checkpoint import CheckpointError
 
     fit(small_vae(), digits, epochs=1, out=tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="batch_size"):
@@ -312,7 +314,7 @@ def test_train_loss_is_the_mean_of_the_epochs_step_losses(digits):
 def test_history_has_the_bounds_two_terms_and_the_curves_show_them(digits, tmp_path):
     from PIL import Image
 
-    from ppl_vae.viz import plot_curves
+    from ppl_vae.evaluation.pictures import plot_curves
 
     result = fit(small_vae(), digits, epochs=2, progress=False)
     for h in result.history:
@@ -328,7 +330,7 @@ def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatc
     """After one full epoch over in-memory rows, fit runs with Pyro's validation off: the
     same losses and weights as a run that checks every step, and the checks are on again
     after fit returns."""
-    from ppl_vae import train as train_module
+    from ppl_vae.training import trainer as train_module
 
     seen, trainer_cls = [], train_module._Trainer
     real = trainer_cls._checks_skippable
@@ -354,7 +356,7 @@ def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatc
 def test_a_dataloader_keeps_pyros_checks_every_epoch(digits, monkeypatch):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ppl_vae import train as train_module
+    from ppl_vae.training import trainer as train_module
 
     trainer_cls = train_module._Trainer
     real, seen = trainer_cls._checks_skippable, []

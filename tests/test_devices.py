@@ -10,7 +10,7 @@ import torch
 
 from ppl_vae import build_vae, fit, log_likelihood
 from ppl_vae.cli import main
-from ppl_vae.runs import open_run
+from ppl_vae.cli.runs import open_run
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 MPS = pytest.mark.skipif(not torch.backends.mps.is_available(), reason="no MPS on this machine")

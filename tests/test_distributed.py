@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ppl_vae import fit, log_likelihood
-from ppl_vae.batching import LoaderFeed
-from ppl_vae.distributed import World, join, leave, shard_rows
+from ppl_vae.runtime.distributed import World, join, leave, shard_rows
+from ppl_vae.training.batching import LoaderFeed
 
 SIZE = 2
 
@@ -182,7 +182,7 @@ def test_a_checkpoint_of_two_processes_is_refused_by_one_and_opened_by_any(tmp_p
     _run("fit-4", tmp_path)
     with pytest.raises(Exception, match="2 processes and this one has 1"):
         fit(_program(True), _data(), out=tmp_path / "ref", resume=True, **_settings(epochs=5))
-    from ppl_vae.runs import open_run
+    from ppl_vae.cli.runs import open_run
 
     program = _program(True)
     open_run(tmp_path / "ref", program=program)

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from ppl_vae import build_vae
-from ppl_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ppl_vae.data import check_data, load_dataset
-from ppl_vae.train import fit
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.data.splits import check_data
+from ppl_vae.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ppl_vae.training.trainer import fit
 
 
 def test_non_binary_data_under_bernoulli_suggests_binarizing():

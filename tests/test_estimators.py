@@ -11,7 +11,7 @@ import torch
 from linear_gaussian import LinearGaussian, make_linear_gaussian
 
 from ppl_vae import build_vae, kl_weight
-from ppl_vae.estimators import LogLikelihood, elbo, log_likelihood
+from ppl_vae.evaluation.loglik import LogLikelihood, elbo, log_likelihood
 
 
 @pytest.fixture

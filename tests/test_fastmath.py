@@ -8,18 +8,18 @@ import pytest
 import torch
 
 from ppl_vae import build_vae, fit, log_likelihood
-from ppl_vae.data import binarize
-from ppl_vae.fastmath import (
+from ppl_vae.data.splits import binarize
+from ppl_vae.models.reference import plain_copy
+from ppl_vae.runtime.compiler import compiler_available
+from ppl_vae.runtime.kernels import (
     FastBernoulli,
     _set_everywhere,
     bernoulli,
     flush_denormals,
     flushing_denormals,
     fused_elementwise,
-    plain_copy,
     softplus,
 )
-from ppl_vae.traced import compiler_available
 
 
 def test_softplus_matches_torch_to_the_float_resolution_at_one():

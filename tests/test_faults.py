@@ -92,7 +92,7 @@ def test_kills_at_random_instants_then_resume_equal_the_uninterrupted_run(tmp_pa
 
 
 def test_a_crash_between_checkpoint_and_log_leaves_one_line_per_epoch(tmp_path, monkeypatch):
-    from ppl_vae import train
+    from ppl_vae.training import trainer as train
 
     argv = ["train", "--dataset", "digits", "--preset", "small", "--epochs", "4"]
     argv += ["--eval-samples", "5", "--no-progress", "--out", str(tmp_path)]
@@ -239,8 +239,8 @@ def test_divergence_is_one_line_keeps_the_checkpoint_or_skips(tmp_path, capsys):
 
 def test_sigterm_inside_fit_finishes_the_step_and_saves(tmp_path):
     from ppl_vae import build_vae, fit
-    from ppl_vae.data import load_dataset
-    from ppl_vae.train import Terminated
+    from ppl_vae.data.datasets import load_dataset
+    from ppl_vae.training.signals import Terminated
 
     data = load_dataset("digits")
     steps = []

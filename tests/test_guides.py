@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ppl_vae import build_vae, elbo, fit, log_likelihood
-from ppl_vae.guides import FlowEncoder, FlowPosterior
-from ppl_vae.objectives import OBJECTIVES
+from ppl_vae.models.guides import FlowEncoder, FlowPosterior
+from ppl_vae.objectives.factory import OBJECTIVES
 
 DTYPE = torch.float64
 

@@ -12,8 +12,9 @@ import torch
 
 from ppl_vae import build_vae, elbo, fit, log_likelihood
 from ppl_vae.cli import main
-from ppl_vae.hierarchy import TopDownTwoLayerVAE, TwoLayerVAE
-from ppl_vae.objectives import OBJECTIVES, kl_obstacles
+from ppl_vae.models.hierarchy import TopDownTwoLayerVAE, TwoLayerVAE
+from ppl_vae.objectives.analytic import kl_obstacles
+from ppl_vae.objectives.factory import OBJECTIVES
 
 DTYPE = torch.float64
 A, A0, S1 = 1.5, 0.3, 0.7  # p(z1 | z2) = N(A z2 + A0, S1^2)

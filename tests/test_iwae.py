@@ -10,8 +10,8 @@ import torch
 from linear_gaussian import make_linear_gaussian
 
 from ppl_vae import build_vae, kl_weight
-from ppl_vae.estimators import log_likelihood
-from ppl_vae.iwae import IWAE, DReGIWAE
+from ppl_vae.evaluation.loglik import log_likelihood
+from ppl_vae.objectives.iwae import IWAE, DReGIWAE
 
 
 @pytest.mark.parametrize("cls", [IWAE, DReGIWAE])

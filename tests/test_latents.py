@@ -6,7 +6,7 @@ from PIL import Image
 
 from ppl_vae import build_vae
 from ppl_vae.cli import main
-from ppl_vae.latents import interpolate, interpolation_rows, traversal_rows
+from ppl_vae.evaluation.walks import interpolate, interpolation_rows, traversal_rows
 
 
 def test_interpolation_endpoints_and_the_sphere():
@@ -66,7 +66,7 @@ def test_interpolate_and_traverse_commands_write_pictures(tmp_path, capsys):
 
 
 def test_attribute_vectors_move_from_one_label_group_toward_the_other():
-    from ppl_vae.latents import attribute_rows
+    from ppl_vae.evaluation.walks import attribute_rows
 
     torch.manual_seed(0)
     vae = build_vae(6, z_dim=3, hidden=(8,))

@@ -18,10 +18,10 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import Tensor, nn
 
-from ppl_vae.estimators import log_likelihood
-from ppl_vae.model import VAE
-from ppl_vae.polymodal import PolymodalPosterior, PolymodalVAE, build_polymodal_vae
-from ppl_vae.priors import PolymodalPrior
+from ppl_vae.evaluation.loglik import log_likelihood
+from ppl_vae.models.polymodal import PolymodalPosterior, PolymodalVAE, build_polymodal_vae
+from ppl_vae.models.vae import VAE
+from ppl_vae.priors.polymodal import PolymodalPrior
 
 DTYPE = torch.float64
 D_Z, D_X, MODES, S = 2, 4, 3, 0.6

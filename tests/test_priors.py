@@ -14,18 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from ppl_vae.model import build_vae
-from ppl_vae.nets import GaussianEncoder
-from ppl_vae.priors import (
-    FLOW_TYPES,
-    PRIORS,
-    FlowPrior,
-    MixturePrior,
-    NormalPrior,
-    PolymodalPrior,
-    VampPrior,
-    make_prior,
-)
+from ppl_vae.models.build import build_vae
+from ppl_vae.models.nets import GaussianEncoder
+from ppl_vae.priors.factory import PRIORS, make_prior
+from ppl_vae.priors.flow import FLOW_TYPES, FlowPrior
+from ppl_vae.priors.mixture import MixturePrior
+from ppl_vae.priors.normal import NormalPrior
+from ppl_vae.priors.polymodal import PolymodalPrior
+from ppl_vae.priors.vamp import VampPrior
 
 
 def _perturbed(prior: nn.Module, noise: float = 0.3) -> nn.Module:
@@ -234,7 +230,7 @@ def test_make_prior_ignores_foreign_options_and_rejects_unknown_names() -> None:
 def test_matrix_product_mixture_equals_mixture_same_family(dtype: torch.dtype) -> None:
     """Values and gradients, with sharp components and points far from them (the expansion's
     worst case: large terms that cancel)."""
-    from ppl_vae.mixture import DiagonalNormalMixture
+    from ppl_vae.priors.diagonal_mixture import DiagonalNormalMixture
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(7, generator=g, dtype=torch.float64)
@@ -255,7 +251,7 @@ def test_matrix_product_mixture_equals_mixture_same_family(dtype: torch.dtype) -
 
 
 def test_matrix_product_mixture_in_a_plate_and_its_samples() -> None:
-    from ppl_vae.mixture import DiagonalNormalMixture
+    from ppl_vae.priors.diagonal_mixture import DiagonalNormalMixture
 
     p = DiagonalNormalMixture(
         torch.tensor([0.0, 1.0]), torch.tensor([[-2.0], [3.0]]), torch.tensor([[0.5], [0.2]])

@@ -15,8 +15,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader, TensorDataset
 
 from ppl_vae import as_program, build_vae, fit, kl_weight
-from ppl_vae.data import load_dataset
-from ppl_vae.objectives import AnalyticKLELBO
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.objectives.analytic import AnalyticKLELBO
 from ppl_vae.program import ProgramError
 
 
@@ -365,7 +365,7 @@ def _two_layers(top_down_guide):
 def test_no_analytic_kl_where_a_site_depends_on_one_the_guide_draws_later(digits):
     """Bottom-up guide, top-down model: KL(q(z1|x) || p(z1|z2)) with z2 drawn from z1 is not a
     term of the ELBO, so auto trains with STL and mean-field is refused naming z1."""
-    from ppl_vae.objectives import closed_form_kl_sites
+    from ppl_vae.objectives.analytic import closed_form_kl_sites
 
     x = digits.train[:100]
     model, guide = _two_layers(top_down_guide=False)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ppl_vae import build_vae, fit
-from ppl_vae.checkpoint import CheckpointError
-from ppl_vae.schedules import Schedule, iwae_factor
+from ppl_vae.training.checkpoint import CheckpointError
+from ppl_vae.training.schedules import Schedule, iwae_factor
 
 
 def test_iwae_stages_last_3_to_the_i_epochs_at_10_to_the_minus_i_over_7():

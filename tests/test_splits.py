@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ppl_vae.cli import main
-from ppl_vae.data import load_dataset
+from ppl_vae.data.datasets import load_dataset
 
 
 def _idx(path, array: np.ndarray) -> None:

@@ -2,9 +2,9 @@
 
 import torch
 
-from ppl_vae.analysis import mutual_information_gap
-from ppl_vae.data import load_dataset
-from ppl_vae.sprites import FACTORS, make_sprites
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.data.sprites import FACTORS, make_sprites
+from ppl_vae.evaluation.analysis import mutual_information_gap
 
 
 def test_every_combination_once_and_the_pictures_follow_the_factors():

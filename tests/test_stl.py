@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import Tensor
 
-from ppl_vae.stl import STLELBO
+from ppl_vae.objectives.stl import STLELBO
 
 DTYPE = torch.float64
 N, D, d, S = 5, 4, 2, 0.5

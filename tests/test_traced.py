@@ -1,6 +1,6 @@
-"""fit's traced and compiled steps (``compile=``, ppl_vae.traced) against the eager step: the
-same parameters to the bit (traced) or to float rounding (compiled), the fallback for a step
-that cannot be traced, the check that catches a stale graph, and exact resume."""
+"""fit's traced and compiled steps (``compile=``, ppl_vae.training.traced) against the eager
+step: the same parameters to the bit (traced) or to float rounding (compiled), the fallback for a
+step that cannot be traced, the check that catches a stale graph, and exact resume."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from programs import ExampleVAE
 
 from ppl_vae import build_vae, fit
-from ppl_vae.data import load_dataset
-from ppl_vae.traced import compiler_available
+from ppl_vae.data.datasets import load_dataset
+from ppl_vae.runtime.compiler import compiler_available
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch
 
 from ppl_vae import fit
 from ppl_vae.cli import main
-from ppl_vae.model import build_vae
-from ppl_vae.trackers import CSVTracker, MLflowTracker, TensorBoardTracker
+from ppl_vae.models.build import build_vae
+from ppl_vae.training.trackers import CSVTracker, MLflowTracker, TensorBoardTracker
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")

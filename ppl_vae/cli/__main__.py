@@ -1,0 +1,7 @@
+"""``python -m ppl_vae.cli``: the ``ppl-vae`` command."""
+
+import sys
+
+from ppl_vae.cli.commands import main
+
+sys.exit(main())
