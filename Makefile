@@ -11,7 +11,9 @@ OUT ?= runs/demo
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# setuptools warns at every editable install of a package at the project's root (this
+	@# layout, by design): a warning no user caused or can act on
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 demo: $(BIN)/.installed

@@ -105,3 +105,15 @@ def test_a_run_folder_written_before_the_move_resumes_and_evaluates(tmp_path, ca
         torch.testing.assert_close(records[-1][key], want[key], rtol=1e-5, atol=1e-6, msg=key)
     assert main(["report", str(run)]) == 0
     assert (run / "report.md").is_file(), "report wrote no report.md"
+
+
+def test_the_architecture_page_matches_the_code():
+    """docs/architecture.md's graph and module table are generated from the import graph;
+    a module added, moved or grown without rerunning docs/layers.py fails here."""
+    pytest.importorskip("grimp", reason="needs import-linter: pip install -e '.[dev]'")
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import layers
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    assert layers.main(["--check"]) == 0, "docs/architecture.md is stale: python docs/layers.py"

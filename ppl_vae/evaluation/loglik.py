@@ -143,10 +143,12 @@ def _diagnose(log_w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if k < MIN_PSIS_SAMPLES:
         pareto_k = torch.full_like(lse, math.nan)
     else:
-        import arviz
-
+        # arviz's first import of the day warns of its coming refactor (a FutureWarning), which
+        # is nothing the user of this estimator caused or can act on
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            import arviz
+
             _, kss = arviz.psislw(lw.T.cpu().numpy())
         pareto_k = torch.as_tensor(kss, dtype=torch.float64).reshape(-1).to(lw.device)
     # arviz gives k = inf when all weights are equal (an exact guide); no tail at all is k = 0.
