@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model, mnist_or_smoke  # noqa: E402
 
 from ppl_vae import build_vae, fit  # noqa: E402
-from ppl_vae.training import trainer  # noqa: E402
+from ppl_vae.training import epoch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,19 +40,19 @@ def main(argv: list[str] | None = None) -> None:
     data = dataclasses.replace(data, train=data.train[: args.rows], val=None)
     torch.manual_seed(0)
     base = build_vae(784)
-    default_rule = trainer._Trainer._checks_skippable
+    default_rule = epoch.checks_skippable
     print(f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}")
     print(f"seed network, {args.rows} rows, batch 100; median s of epochs 2 to {args.epochs}")
     print("| objective | checks every epoch | fit (checks in epoch 1) | ratio |")
     print("|---|---|---|---|")
     for objective in ("mean-field", "stl"):
         seconds = {}
-        for name, rule in (("checked", lambda self: False), ("fit", default_rule)):
-            trainer._Trainer._checks_skippable = rule
+        for name, rule in (("checked", lambda state, feed: False), ("fit", default_rule)):
+            epoch.checks_skippable = rule
             try:
                 result = fit_copy(base, data, args.epochs, objective)
             finally:
-                trainer._Trainer._checks_skippable = default_rule
+                epoch.checks_skippable = default_rule
             seconds[name] = statistics.median(h["seconds"] for h in result.history[1:])
         print(
             f"| {objective} | {seconds['checked']:.2f} | {seconds['fit']:.2f} | "

@@ -330,20 +330,20 @@ def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatc
     """After one full epoch over in-memory rows, fit runs with Pyro's validation off: the
     same losses and weights as a run that checks every step, and the checks are on again
     after fit returns."""
-    from ppl_vae.training import trainer as train_module
+    from ppl_vae.training import epoch as epoch_module
 
-    seen, trainer_cls = [], train_module._Trainer
-    real = trainer_cls._checks_skippable
+    seen, real = [], epoch_module.checks_skippable
 
-    def spy(self):
-        seen.append(real(self))
+    def spy(state, feed):
+        seen.append(real(state, feed))
         return seen[-1]
 
     runs = []
     for skip in (True, False):
         torch.manual_seed(0)
         vae = small_vae()
-        monkeypatch.setattr(trainer_cls, "_checks_skippable", spy if skip else lambda self: False)
+        rule = spy if skip else lambda state, feed: False
+        monkeypatch.setattr(epoch_module, "checks_skippable", rule)
         runs.append((fit(vae, digits, epochs=3, objective=objective, progress=False), vae))
     assert seen == [False, True, True]
     assert pyro.poutine.util.is_validation_enabled()
@@ -356,16 +356,15 @@ def test_later_epochs_skip_pyros_checks_with_the_same_numbers(digits, monkeypatc
 def test_a_dataloader_keeps_pyros_checks_every_epoch(digits, monkeypatch):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ppl_vae.training import trainer as train_module
+    from ppl_vae.training import epoch as epoch_module
 
-    trainer_cls = train_module._Trainer
-    real, seen = trainer_cls._checks_skippable, []
+    real, seen = epoch_module.checks_skippable, []
 
-    def spy(self):
-        seen.append(real(self))
+    def spy(state, feed):
+        seen.append(real(state, feed))
         return seen[-1]
 
-    monkeypatch.setattr(trainer_cls, "_checks_skippable", spy)
+    monkeypatch.setattr(epoch_module, "checks_skippable", spy)
     loader = DataLoader(TensorDataset(torch.bernoulli(digits.train[:200])), batch_size=50)
     fit(small_vae(), loader, epochs=2, progress=False)
     assert seen == [False, False]

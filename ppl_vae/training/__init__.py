@@ -28,9 +28,10 @@ from .engines import (
 from .preflight import cast, check_data, discover, feeds, first_trace, split_arguments
 from .schedules import SCHEDULES, Schedule, iwae_factor
 from .signals import Terminated
+from .state import FitResult, TrainState
 from .traced import MODES, TracedStep
 from .trackers import TRACKERS, CSVTracker, MLflowTracker, TensorBoardTracker, Tracker, make
-from .trainer import FitResult, TrainState, fit
+from .trainer import fit
 
 __all__ = [
     "CSVTracker",

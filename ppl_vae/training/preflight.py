@@ -10,10 +10,37 @@ import torch
 from torch import Tensor
 
 from ppl_vae.data.splits import DataSplits, check_grey_levels
-from ppl_vae.program import Program, ProgramError, as_program, binary_observation, check_observed
-from ppl_vae.training.batching import Feed, cast_batch, check_finite, make_feed
+from ppl_vae.objectives.analytic import kl_obstacles
+from ppl_vae.program import (
+    Program,
+    ProgramError,
+    as_program,
+    binary_observation,
+    check_observed,
+    check_pair,
+    traces,
+)
+from ppl_vae.runtime.distributed import World
+from ppl_vae.runtime.kernels import bernoulli
+from ppl_vae.training.batching import (
+    Feed,
+    LoaderFeed,
+    TensorFeed,
+    cast_batch,
+    check_finite,
+    make_feed,
+)
 
-__all__ = ["cast", "check_data", "discover", "feeds", "first_trace", "split_arguments"]
+__all__ = [
+    "cast",
+    "check_data",
+    "discover",
+    "feeds",
+    "first_trace",
+    "probe",
+    "ready_feeds",
+    "split_arguments",
+]
 
 
 def split_arguments(program: Any, args: tuple) -> tuple[Program, Any, Any]:
@@ -40,6 +67,26 @@ def feeds(data: Any, val: Any, config: Any) -> tuple[Feed, Feed | None, DataSpli
     train = make_feed(data, config.batch_size, splits is not None and splits.dynamic, "the data")
     val_feed = None if val is None else make_feed(val, config.eval_batch_size, what="val data")
     return train, val_feed, splits
+
+
+def ready_feeds(train: Feed, val: Feed | None, world: World, engine: str) -> None:
+    """Under torch.distributed, each feed keeps this process's rows of every batch (a loader
+    must shuffle alike on every process, and ``engine`` cannot be "svi"); in-memory rows are
+    checked finite before anything runs on them."""
+    if world.active:
+        if engine == "svi":
+            raise ValueError(
+                "engine 'svi' trains in one process; under torch.distributed use the fast "
+                "engine (--engine fast)"
+            )
+        for feed in (train, val):
+            if feed is not None:
+                feed.world = world
+            if isinstance(feed, LoaderFeed):
+                feed.check_shared_order()
+    for feed, what in ((train, "the training data"), (val, "the validation data")):
+        if isinstance(feed, TensorFeed):
+            check_finite(feed.batch, what)
 
 
 def first_trace(program: Program, batch: tuple, what: str) -> dict[str, Tensor]:
@@ -92,3 +139,39 @@ def check_data(program: Program, batch: tuple, splits: DataSplits | None, what: 
                 "Bernoulli likelihood"
             )
     check_observed(program.model, program.guide, *batch, what=what)
+
+
+def probe(
+    program: Program,
+    train: Feed,
+    val: Feed | None,
+    splits: DataSplits | None,
+    objective: str,
+) -> tuple[torch.dtype, torch.device, Any]:
+    """Run the program on the first batches before training: find its parameters and the
+    dtype and device of the data (in-memory rows are moved there), check the data and the
+    model/guide pair, and, for ``objective`` "mean-field", read which latent sites lack a
+    closed-form KL. Returns (dtype, device, the sites for
+    :func:`~ppl_vae.objectives.make_objective`).
+
+    Probing runs the program, so it leaves the random state as it found it: training then
+    draws the same numbers as ``pyro.infer.SVI`` seeded alike."""
+    with torch.random.fork_rng():
+        dtype, device = discover(program, train.first())
+        for feed, what in ((train, "the data"), (val, "validation data")):
+            if isinstance(feed, TensorFeed):
+                feed.to(dtype, device, what)
+        first = cast(train.first(), dtype, device)
+        if train.dynamic:
+            first = (bernoulli(first[0]), *first[1:])
+        check_data(program, first, splits, "the training data")
+        if val is not None:
+            check_data(program, cast(val.first(), dtype, device), splits, "the validation data")
+        check_pair(*traces(program.model, program.guide, first, {}))
+        # only the analytic KL reads the program's KL structure (a trace of its dependencies)
+        sites = (
+            kl_obstacles(program.model, program.guide, *first)
+            if objective == "mean-field"
+            else True
+        )
+    return dtype, device, sites
