@@ -79,6 +79,15 @@ def test_each_contract_can_fail(tmp_path, module, line, broken):
     assert any(broken in x for x in lines), done.stdout
 
 
+def test_no_module_passes_400_lines():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "ppl_vae").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
 def test_every_public_name_of_before_the_move_still_imports():
     missing = [name for name in PUBLIC if name not in ppl_vae.__all__]
     assert not missing, f"gone from ppl_vae.__all__: {missing}"

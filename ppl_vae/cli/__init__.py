@@ -1,6 +1,6 @@
 """The ``ppl-vae`` command line."""
 
-from .commands import build_parser, main
+from .parser import build_parser, main
 from .runs import (
     Run,
     RunConfig,

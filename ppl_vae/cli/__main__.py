@@ -2,6 +2,6 @@
 
 import sys
 
-from ppl_vae.cli.commands import main
+from ppl_vae.cli.parser import main
 
 sys.exit(main())
