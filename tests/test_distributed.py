@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ppl_vae import fit, log_likelihood
+from ppl_vae.cli import main
 from ppl_vae.runtime.distributed import World, join, leave, shard_rows
 from ppl_vae.training.batching import LoaderFeed
 
@@ -157,9 +159,26 @@ def test_two_processes_train_as_one_on_the_same_global_batches(tmp_path, job):
                 assert one[key] == pytest.approx(two[key], abs=1e-4), (key, one, two)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The folder of job ``"fit-4" + kind``, two processes' uninterrupted 4-epoch run, run once
+    a module: the resume test compares with it and the checkpoint test opens a copy of it."""
+    folders: dict[str, Path] = {}
+
+    def folder(kind: str) -> Path:
+        if kind not in folders:
+            folders[kind] = tmp_path_factory.mktemp("fit-4" + kind.replace(":", "-"))
+            _run(f"fit-4{kind}", folders[kind])
+        return folders[kind]
+
+    return folder
+
+
 @pytest.mark.parametrize("kind", ["", ":point"])
-def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(tmp_path, kind):
-    _run(f"fit-4{kind}", tmp_path)
+def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(
+    tmp_path, kind, uninterrupted
+):
+    reference = uninterrupted(kind)
     _run(f"fit-interrupted{kind}", tmp_path)  # rank 1 alone gets Ctrl-C after step 2 of epoch 2
     assert not list(tmp_path.glob("fit-interrupted*.pt")), "rank 0 did not stop"
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -167,8 +186,8 @@ def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(
     # both processes stopped after the next step, the first whose all-reduce carried the flag
     assert (saved["train"]["epoch"], saved["train"]["step_in_epoch"]) == (1, 4)
     _run(f"fit-resumed{kind}", tmp_path)
-    jobs = (f"fit-4{kind}", f"fit-resumed{kind}")
-    whole, resumed = (torch.load(tmp_path / f"{j}-0.pt") for j in jobs)
+    whole = torch.load(reference / f"fit-4{kind}-0.pt")
+    resumed = torch.load(tmp_path / f"fit-resumed{kind}-0.pt")
     _assert_same_state(whole["state"], resumed["state"], 0.0, "resumed against uninterrupted")
     losses = [[h["train_loss"] for h in r["history"]] for r in (whole, resumed)]
     assert losses[0] == losses[1]
@@ -178,15 +197,17 @@ def test_two_processes_resumed_after_an_interrupt_equal_their_uninterrupted_run(
         _assert_same_state(program.state_dict(), resumed["state"], 1e-5, "1 process against 2")
 
 
-def test_a_checkpoint_of_two_processes_is_refused_by_one_and_opened_by_any(tmp_path):
-    _run("fit-4", tmp_path)
+def test_a_checkpoint_of_two_processes_is_refused_by_one_and_opened_by_any(
+    tmp_path, uninterrupted
+):
+    shutil.copytree(uninterrupted("") / "ref", tmp_path / "ref")
     with pytest.raises(Exception, match="2 processes and this one has 1"):
         fit(_program(True), _data(), out=tmp_path / "ref", resume=True, **_settings(epochs=5))
     from ppl_vae.cli.runs import open_run
 
     program = _program(True)
     open_run(tmp_path / "ref", program=program)
-    whole = torch.load(tmp_path / "fit-4-0.pt")
+    whole = torch.load(uninterrupted("") / "fit-4-0.pt")
     _assert_same_state(whole["state"], program.state_dict(), 0.0, "opened in one process")
 
 
@@ -208,7 +229,7 @@ def _torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_under_torchrun_trains_and_evaluates_as_one_process_does(tmp_path):
+def test_cli_under_torchrun_trains_and_evaluates_as_one_process_does(tmp_path, capsys):
     done = _torchrun(
         "train", "--dataset", "digits", "--epochs", "1", "--eval-samples", "50",
         "--no-progress", "--out", "two", cwd=tmp_path,
@@ -220,12 +241,10 @@ def test_cli_under_torchrun_trains_and_evaluates_as_one_process_does(tmp_path):
     flags = ("evaluate", "two", "--num-samples", "64", "--json")
     two = _torchrun(*flags, cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-2000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "ppl_vae.cli", *flags],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-2000:]
-    a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 alone prints
+    capsys.readouterr()
+    # one process: this one (a process of its own would only add an interpreter's start-up)
+    assert main(["evaluate", str(tmp_path / "two"), *flags[2:]]) == 0
+    a, b = json.loads(capsys.readouterr().out), json.loads(two.stdout)  # rank 0 alone prints
     for key in ("log_likelihood", "elbo", "stderr", "ess_fraction", "num_points"):
         assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
 
