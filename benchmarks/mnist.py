@@ -217,7 +217,7 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
     )
     raw = load_data(dataclasses.replace(run, binarize="none"), seed=args.seed)
     torch.manual_seed(args.seed)
-    program = build_program(run.recipe(raw.x_dim), raw.x_dim)
+    program = build_program(run.recipe(raw.x_dim, raw.image_shape), raw.x_dim)
     data = binarize_splits(raw, args.binarize, args.seed)
     vae, dynamic = program.source, args.binarize == "dynamic"
     started = time.perf_counter()

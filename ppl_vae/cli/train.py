@@ -55,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")
         network += ("activation", "prior", "components", "pseudo_inputs", "flow_layers")
         network += ("flow_type", "modes", "guide", "guide_flow_layers", "guide_direction")
+        network += ("net", "channels")
         ignored = [
             "--" + f.name.replace("_", "-")
             for f in dataclasses.fields(RunConfig)
@@ -63,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ignored:
             _say(f"note: {', '.join(ignored)} describe the built-in network; --model replaces it")
     raw = load_data(dataclasses.replace(run, binarize="none"), seed=fit_config.seed)
-    program = build_program(run.recipe(raw.x_dim), raw.x_dim)
+    program = build_program(run.recipe(raw.x_dim, raw.image_shape), raw.x_dim)
     for _, module in program.modules():
         module.to(run.device)
     binarization = choose_binarization(run.binarize, program, raw.test[:2].to(run.device))

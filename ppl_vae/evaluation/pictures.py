@@ -24,16 +24,23 @@ __all__ = ["image_grid", "interleave", "plot_curves", "plot_latents", "save_imag
 def image_grid(
     images: Tensor, image_shape: Sequence[int], nrow: int = 10, title: str | None = None
 ) -> Figure:
-    """A figure of rows ``images`` of shape (N, H*W), values in [0, 1], as a grid of HxW tiles."""
-    h, w = image_shape
-    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, 1, h, w)
-    grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)[0]
+    """A figure of rows ``images`` of shape (N, C*H*W), values in [0, 1], as a grid of HxW
+    tiles: grey (dark on light) for ``image_shape`` (H, W) or (1, H, W), in colour for
+    (3, H, W). A row is an image flattened in C-major order."""
+    shape = tuple(image_shape) if len(image_shape) == 3 else (1, *image_shape)
+    tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, *shape)
+    grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)  # (3, rows, columns)
+    colour = shape[0] == 3
+    grid = grid.permute(1, 2, 0) if colour else grid[0]
     width = max(4.0, 0.6 * min(nrow, len(tiles)))  # about 0.6 inch a tile, 4 inches at least
     lines = textwrap.wrap(title, int(width * 11)) if title else []
     height = width * grid.shape[0] / grid.shape[1] + 0.2 * len(lines) + 0.1
     fig = Figure(figsize=(width, height))
     ax = fig.subplots()
-    ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    if colour:
+        ax.imshow(grid.numpy(), interpolation="nearest")
+    else:
+        ax.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if lines:
         ax.set_title("\n".join(lines), fontsize=9)
@@ -48,7 +55,7 @@ def save_image_grid(
     nrow: int = 10,
     title: str | None = None,
 ) -> Path:
-    """Save :func:`image_grid` of ``images`` (N, H*W) as a PNG at ``path``; return the path."""
+    """Save :func:`image_grid` of ``images`` (N, C*H*W) as a PNG at ``path``; return the path."""
     image_grid(images, image_shape, nrow, title).savefig(path, dpi=120)
     return Path(path)
 

@@ -10,16 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ppl_vae.models import hierarchy
+from ppl_vae.models.conv import CONV_CHANNELS, ConvNet, DeconvNet, image_chw
 from ppl_vae.models.likelihoods import Decoder, make_likelihood
 from ppl_vae.models.nets import GaussianEncoder
 from ppl_vae.models.vae import VAE
 from ppl_vae.priors.factory import make_prior
 from ppl_vae.program import Program, ProgramError, as_program
 
-__all__ = ["GUIDES", "PRESETS", "build_vae", "build_program", "load_factory"]
+__all__ = ["GUIDES", "NETS", "PRESETS", "build_vae", "build_program", "load_factory"]
 
 
 #: Named networks. ``seed``: the seed experiment's 784-300-300-50 softplus net, Bernoulli output.
@@ -36,6 +38,10 @@ PRESETS: dict[str, dict[str, object]] = {
         "top_z_dim": 50,
     },
 }
+
+
+#: Networks of :func:`build_vae` on x: ``mlp`` (on flat rows), ``conv`` (on images of a shape).
+NETS = ("mlp", "conv")
 
 
 #: Guides of :func:`build_vae`: ``gaussian`` (diagonal), ``flow`` (Gaussian and IAF steps).
@@ -56,6 +62,9 @@ def build_vae(
     top_z_dim: int | None = None,
     top_hidden: Sequence[int] | None = None,
     guide_direction: str = "bottom-up",
+    net: str = "mlp",
+    image_shape: Sequence[int] | None = None,
+    channels: Sequence[int] | None = None,
     name: str = "vae",
     **prior_options: object,
 ) -> VAE:
@@ -69,6 +78,13 @@ def build_vae(
     features of x shared by both layers (:class:`~ppl_vae.models.TopDownTwoLayerVAE`).
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
     :func:`ppl_vae.priors.make_prior`; ``name`` prefixes the parameters in Pyro's param store.
+
+    ``net="conv"`` makes the networks that see x convolutional, for images of
+    ``image_shape`` ((C, H, W) or (H, W); the rows of x are those images flattened): the
+    encoder of x (or a top-down guide's shared features) is a :class:`~ppl_vae.models.ConvNet`
+    with stride-2 convolutions of ``channels`` then linear layers of ``hidden``, and the
+    decoder its mirror, a :class:`~ppl_vae.models.DeconvNet`. The layers between latent codes
+    of a two-layer model stay MLPs, as in the VampPrior paper's convHVAE.
     The arguments are kept as ``vae.recipe`` (plain numbers and strings; a tensor option such
     as ``pseudo_init`` is left out), which run folders record to rebuild the model.
     """
@@ -90,6 +106,28 @@ def build_vae(
     }
     if guide not in GUIDES:
         raise ValueError(f"unknown guide {guide!r}; choose one of {list(GUIDES)}")
+    if net not in NETS:
+        raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
+    conv = net == "conv"
+    if conv:
+        if image_shape is None:
+            raise ValueError(
+                "a convolutional net needs the images' shape: give image_shape=(C, H, W) (the "
+                "CLI takes it from an image dataset), or use --net mlp"
+            )
+        image_shape = image_chw(image_shape)
+        if image_shape[0] * image_shape[1] * image_shape[2] != x_dim:
+            raise ValueError(
+                f"images of shape {image_shape} have {torch.Size(image_shape).numel()} values "
+                f"but the data have {x_dim} features per row"
+            )
+        channels = tuple(channels) if channels is not None else CONV_CHANNELS
+        recipe.update(net=net, image_shape=list(image_shape), channels=list(channels))
+        if prior == "polymodal":
+            raise ValueError(
+                "the polymodal latent brings its own MLP guide; drop --net conv or choose "
+                "another prior"
+            )
     if guide != "gaussian":
         recipe.update(guide=guide, guide_flow_layers=guide_flow_layers)
     if top_z_dim is not None:
@@ -129,22 +167,39 @@ def build_vae(
         vae.recipe = {"builder": "build_vae", "kwargs": recipe}
         return vae
 
-    def make_encoder(n_in: int, n_out: int, widths: Sequence[int]) -> nn.Module:
+    def make_encoder(
+        n_in: int, n_out: int, widths: Sequence[int], on_x: bool = False
+    ) -> nn.Module:
+        def trunk(outputs: int) -> nn.Module | None:  # the network from the images, if any
+            if not (on_x and conv):
+                return None
+            return ConvNet(image_shape, outputs, channels, widths, activation)
+
         if guide == "flow":
             from ppl_vae.models.guides import FlowEncoder
 
-            return FlowEncoder(n_in, n_out, widths, activation, layers=guide_flow_layers)
-        return GaussianEncoder(n_in, n_out, widths, activation)
+            return FlowEncoder(
+                n_in, n_out, widths, activation, layers=guide_flow_layers, net=trunk(3 * n_out)
+            )
+        return GaussianEncoder(n_in, n_out, widths, activation, net=trunk(2 * n_out))
 
     # the networks are built (and so drawn from torch's generator) in the order of earlier
     # releases, so that a seed gives the same initial weights
     top_down = guide_direction == "top-down"
-    if top_down:
-        features = hierarchy.Features(x_dim, hidden, activation)  # h(x), shared by both layers
+    if top_down and conv:  # h(x), shared by both layers
+        if not hidden:
+            raise ValueError("a top-down guide on images needs --hidden widths for h(x)")
+        features = ConvNet(image_shape, hidden[-1], channels, hidden[:-1], activation, True)
+    elif top_down:
+        features = hierarchy.Features(x_dim, hidden, activation)
     else:
-        encoder = make_encoder(x_dim, z_dim, hidden)
+        encoder = make_encoder(x_dim, z_dim, hidden, on_x=True)
     head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
-    decoder = Decoder(z_dim, x_dim, hidden, activation, head)
+    deconv = None
+    if conv:
+        k = getattr(head, "outputs_per_feature", 1)
+        deconv = DeconvNet(z_dim, image_shape, k, channels, hidden, activation)
+    decoder = Decoder(z_dim, x_dim, hidden, activation, head, net=deconv)
     if top_z_dim is None:
         p = make_prior(prior, z_dim, encoder=encoder, x_dim=x_dim, **prior_options)
         vae = VAE(encoder, decoder, p, name=name)

@@ -84,6 +84,9 @@ class FlowEncoder(nn.Module):
         layers: number of IAF steps (at least 1).
         context_dim: size of ``h``; ``z_dim`` by default.
         flow_hidden: hidden widths of each step's MADE; ``(4 * z_dim,) * 2`` by default.
+        net: the network from ``x`` to the ``2 * z_dim + context_dim`` numbers
+            ``(mu, log sigma^2, h)`` in place of the MLP (a
+            :class:`~ppl_vae.models.conv.ConvNet` for images).
 
     Cost: a draw and its ``log_prob`` add ``layers`` MADE passes to the Gaussian guide's
     encoder pass; ``log_prob`` of a point the guide did not draw costs ``z_dim`` passes per
@@ -104,13 +107,15 @@ class FlowEncoder(nn.Module):
         layers: int = 2,
         context_dim: int | None = None,
         flow_hidden: Sequence[int] | None = None,
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"a flow guide needs at least one step, got layers={layers}")
         self.x_dim, self.z_dim, self.layers = x_dim, z_dim, layers
         self.context_dim = context_dim if context_dim is not None else z_dim
-        self.net = MLP(x_dim, hidden, 2 * z_dim + self.context_dim, activation)
+        out = 2 * z_dim + self.context_dim
+        self.net = net if net is not None else MLP(x_dim, hidden, out, activation)
         widths = list(flow_hidden) if flow_hidden is not None else [4 * z_dim] * 2
         self.steps = nn.ModuleList(
             _ConditionalIAF(ConditionalAutoRegressiveNN(z_dim, self.context_dim, widths))

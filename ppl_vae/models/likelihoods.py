@@ -98,6 +98,9 @@ class Decoder(nn.Module):
         hidden: hidden widths of the MLP.
         activation: hidden nonlinearity.
         likelihood: a likelihood head such as :class:`BernoulliLikelihood`.
+        net: the network from z to the head's input in place of the MLP (a
+            :class:`~ppl_vae.models.conv.DeconvNet` for images); ``hidden`` and
+            ``activation`` then do not apply.
 
     Shapes:
         ``forward(z)``: ``z`` of shape ``(..., z_dim)`` gives a distribution with batch shape
@@ -115,10 +118,13 @@ class Decoder(nn.Module):
         hidden: Sequence[int] = (300, 300),
         activation: str = "softplus",
         likelihood: nn.Module | None = None,
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.z_dim, self.x_dim = z_dim, x_dim
-        self.net = MLP(z_dim, tuple(reversed(hidden)), x_dim, activation)
+        if net is None:
+            net = MLP(z_dim, tuple(reversed(hidden)), x_dim, activation)
+        self.net = net
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
 
     def forward(self, z: Tensor) -> dist.Distribution:

@@ -72,6 +72,9 @@ class GaussianEncoder(nn.Module):
         z_dim: number of latent dimensions.
         hidden: hidden widths of the MLP.
         activation: hidden nonlinearity.
+        net: the network from ``x`` to the ``2 * z_dim`` numbers ``(mu, log sigma^2)`` in
+            place of the MLP (a :class:`~ppl_vae.models.conv.ConvNet` for images); ``hidden``
+            and ``activation`` then do not apply.
 
     Shapes:
         ``forward(x)``: ``x`` of shape ``(..., x_dim)`` gives a distribution with batch shape
@@ -88,10 +91,11 @@ class GaussianEncoder(nn.Module):
         z_dim: int,
         hidden: Sequence[int] = (300, 300),
         activation: str = "softplus",
+        net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.x_dim, self.z_dim = x_dim, z_dim
-        self.net = MLP(x_dim, hidden, 2 * z_dim, activation)
+        self.net = net if net is not None else MLP(x_dim, hidden, 2 * z_dim, activation)
 
     def forward(self, x: Tensor) -> dist.Distribution:
         loc, log_var = self.net(x).chunk(2, dim=-1)
