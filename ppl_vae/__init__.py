@@ -2,8 +2,16 @@
 
 from ppl_vae.data.datasets import load_dataset
 from ppl_vae.data.splits import DataSplits
+from ppl_vae.evaluation.bits import bits_per_dim
 from ppl_vae.evaluation.loglik import LogLikelihood, elbo, log_likelihood
 from ppl_vae.models.build import PRESETS, build_vae
+from ppl_vae.models.conv import ConvNet, DeconvNet
+from ppl_vae.models.discretized import (
+    DiscretizedGaussian,
+    DiscretizedGaussianLikelihood,
+    DiscretizedLogistic,
+    DiscretizedLogisticLikelihood,
+)
 from ppl_vae.models.guides import FlowEncoder
 from ppl_vae.models.hierarchy import TwoLayerVAE
 from ppl_vae.models.likelihoods import (
@@ -71,4 +79,11 @@ __all__ = [
     "make_prior",
     "negative_bound",
     "warmup_weight",
+    "ConvNet",
+    "DeconvNet",
+    "DiscretizedGaussian",
+    "DiscretizedGaussianLikelihood",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
+    "bits_per_dim",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "binary_observation",
     "check_observed",
     "check_pair",
+    "observation_levels",
     "observed_sites",
 ]
 
@@ -354,3 +355,37 @@ def binary_observation(model: Callable, guide: Callable, *args: Any) -> bool:
     """Whether every observed site has a {0, 1} support (a Bernoulli likelihood)."""
     sites = observed_sites(model, guide, *args)
     return bool(sites) and all(_is_boolean(s["fn"].support) for s in sites.values())
+
+
+def _levels(fn: Any) -> int | None:
+    """How many values the distribution ``fn`` puts its mass on, or None for a density: 2 for
+    a {0, 1} support, else the ``levels`` a discrete support or the distribution declares."""
+    support = fn.support
+    while hasattr(support, "base_constraint"):  # Independent and other wrappers
+        support = support.base_constraint
+    if support is torch.distributions.constraints.boolean:
+        return 2
+    if not getattr(support, "is_discrete", False):
+        return None
+    levels = getattr(support, "levels", None)
+    base = fn
+    while levels is None and base is not None:
+        levels = getattr(base, "levels", None)
+        base = getattr(base, "base_dist", None)
+    return int(levels) if levels is not None else None
+
+
+def observation_levels(model: Callable, guide: Callable, *args: Any) -> int | None:
+    """On how many values the model's likelihood puts its mass: 2 when every observed site is
+    Bernoulli, 256 when they are the discretized 8-bit likelihoods (the site distribution's
+    ``levels``), None when any site is a density (or there are none). Where the sites differ,
+    the largest count.
+
+    A mass makes log p(x) a log-probability as it stands; a density of 8-bit data takes the
+    dequantization term in bits per dimension (:func:`ppl_vae.evaluation.bits_per_dim`).
+    """
+    sites = observed_sites(model, guide, *args)
+    counts = [_levels(s["fn"]) for s in sites.values()]
+    if not counts or any(c is None for c in counts):
+        return None
+    return max(counts)

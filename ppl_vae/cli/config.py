@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -58,9 +58,15 @@ class RunConfig:
     model_args: str | None = _opt(
         None, "JSON keyword arguments for the factory, e.g. '{\"z\": 8}'"
     )
-    likelihood: str = _opt("bernoulli", "p(x|z)", LIKELIHOODS)
+    likelihood: str = _opt(
+        "auto",
+        "p(x|z); auto: discretized-logistic for 8-bit images read from files (a folder, "
+        "cifar10, svhn, celeba), else bernoulli",
+        ("auto", *LIKELIHOODS),
+    )
     gaussian_scale: float = _opt(1.0, "the Gaussian likelihood's (initial) standard deviation")
     learn_scale: bool = _opt(False, "learn the Gaussian likelihood's scale per feature")
+    logistics: int = _opt(5, "discretized-logistic: logistics in each pixel's mixture")
     preset: str = _opt(
         "seed",
         "named network: seed 784-300-300-50 softplus, iwae 784-200-200-50 tanh, iwae2 the IWAE "
@@ -123,6 +129,7 @@ class RunConfig:
         device is not there; before anything is loaded or written."""
         for name in (
             "z_dim",
+            "logistics",
             "guide_flow_layers",
             "components",
             "pseudo_inputs",
@@ -185,6 +192,15 @@ class RunConfig:
             raise ValueError(f"--image-size takes S or H,W, got {self.image_size!r}")
         return (size[0], size[-1])
 
+    def resolved(self, image_shape: Any) -> RunConfig:
+        """These flags with ``--likelihood auto`` made definite for data of ``image_shape``:
+        the loaders of image files give (C, H, W) and 8-bit values, the others (H, W) or
+        none."""
+        if self.likelihood != "auto":
+            return self
+        files = image_shape is not None and len(image_shape) == 3
+        return replace(self, likelihood="discretized-logistic" if files else "bernoulli")
+
     def recipe(self, x_dim: int, image_shape: Any = None) -> dict[str, Any]:
         """The program these flags describe, as a run folder records it; ``image_shape`` is
         the data's (for ``--net conv``)."""
@@ -209,10 +225,15 @@ class RunConfig:
             **net,
             "hidden": list(net["hidden"]),
             **({"top_hidden": list(net["top_hidden"])} if "top_hidden" in net else {}),
-            "likelihood": self.likelihood,
+            "likelihood": self.resolved(image_shape).likelihood,
             "prior": self.prior,
             "gaussian_scale": self.gaussian_scale,
             "learn_scale": self.learn_scale,
+            **(
+                {"logistics": self.logistics}
+                if self.resolved(image_shape).likelihood == "discretized-logistic"
+                else {}
+            ),
             **(
                 {"guide": self.guide, "guide_flow_layers": self.guide_flow_layers}
                 if self.guide != "gaussian"

@@ -11,10 +11,11 @@ import torch
 from ppl_vae.cli.runs import Run, check_features, load_data, open_run, read_config, run_device
 from ppl_vae.data.splits import DataSplits
 from ppl_vae.evaluation.analysis import active_units, elbo_surgery, mutual_information_gap
+from ppl_vae.evaluation.bits import bits_per_dim
 from ppl_vae.evaluation.loglik import elbo as elbo_per_point
 from ppl_vae.evaluation.loglik import log_likelihood
 from ppl_vae.objectives.analytic import _latent_names
-from ppl_vae.program import Program, check_observed, traces
+from ppl_vae.program import Program, check_observed, observation_levels, traces
 from ppl_vae.runtime.distributed import world
 from ppl_vae.training.batching import check_finite
 
@@ -69,9 +70,12 @@ def evaluate(
         program.model, program.guide, x, num_samples=1, seed=seed, distributed=True
     )
     bound = bound.mean().item()
+    bits, basis = _bits(program, x, summary["log_px"])
     return {
         "log_likelihood": summary["log_px"],
         "nll": summary["nll"],
+        "bits_per_dim": bits,
+        "bits_per_dim_basis": basis,
         # two different errors: the Monte Carlo error of the estimate (the delta method, too
         # small where Pareto k > 0.7), and how much the mean would move on other test points
         "stderr": summary["stderr_of_mean"],
@@ -84,6 +88,20 @@ def evaluate(
         "num_samples": num_samples,
         "num_points": len(x),
     }
+
+
+def _bits(program: Program, x: torch.Tensor, log_px: float) -> tuple[float, str]:
+    """Mean log p(x) in bits per dimension, and what it counts: a log-probability as it stands
+    where the likelihood is a mass (Bernoulli, the discretized heads); for a density, plus the
+    8 bits of the 256-level bins where the data are 8-bit, else the density's own value."""
+    levels = observation_levels(program.model, program.guide, x[:2])
+    d = x[0].numel()
+    if levels is not None:
+        return bits_per_dim(log_px, d), f"probability on {levels} levels"
+    scaled = x * 255
+    if bool(((x >= 0) & (x <= 1)).all()) and bool(((scaled - scaled.round()).abs() < 1e-3).all()):
+        return bits_per_dim(log_px, d, math.log2(256)), "density of 8-bit data, + 8 bits"
+    return bits_per_dim(log_px, d), "density (data not on 256 levels: no discretization term)"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -124,8 +142,8 @@ def look_inside(
     program: Program, x: torch.Tensor, labels: torch.Tensor | None
 ) -> dict[str, float]:
     """Active units, ELBO surgery and, with factor labels (N, K), MIG, where the program has
-    ``encode``; nothing otherwise."""
-    if program.hook("encode") is None:
+    ``encode`` and two points or more (a variance needs two); nothing otherwise."""
+    if program.hook("encode") is None or len(x) < 2:
         return {}
     count, _ = active_units(program, x)
     out: dict[str, float] = {"active_units": count}

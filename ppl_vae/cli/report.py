@@ -83,10 +83,13 @@ def _report_pictures(
     if sample is not None:
         path = save_image_grid(sample(100), shape, folder / "samples.png", 10, "samples")
         out.append(("Samples: means of p(x|z), z ~ p(z)", path))
-    if reconstruct is not None:
-        n = min(len(x), 50) // 10 * 10
-        grid = interleave(x[:n], reconstruct(x[:n]), 10)
-        path = save_image_grid(grid, shape, folder / "reconstructions.png", 10, "reconstructions")
+    if reconstruct is not None and len(x):
+        nrow = min(10, len(x))  # a test split of fewer than ten images makes one short row
+        n = min(len(x), 50) // nrow * nrow
+        grid = interleave(x[:n], reconstruct(x[:n]), nrow)
+        path = save_image_grid(
+            grid, shape, folder / "reconstructions.png", nrow, "reconstructions"
+        )
         out.append(("Test points (odd rows) and their reconstructions (even rows)", path))
     if encode is not None and decode is not None and len(x) > 1:
         rows = torch.cat([interpolation_rows(program, x[0], x[1], 10, k) for k in INTERPOLATIONS])

@@ -52,7 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     torch.manual_seed(fit_config.seed)
     if run.model is not None:
-        network = ("likelihood", "gaussian_scale", "learn_scale", "preset", "hidden", "z_dim")
+        network = ("likelihood", "gaussian_scale", "learn_scale", "logistics", "preset", "hidden")
+        network += ("z_dim",)
         network += ("activation", "prior", "components", "pseudo_inputs", "flow_layers")
         network += ("flow_type", "modes", "guide", "guide_flow_layers", "guide_direction")
         network += ("net", "channels")
@@ -64,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ignored:
             _say(f"note: {', '.join(ignored)} describe the built-in network; --model replaces it")
     raw = load_data(dataclasses.replace(run, binarize="none"), seed=fit_config.seed)
+    run = run.resolved(raw.image_shape)
     program = build_program(run.recipe(raw.x_dim, raw.image_shape), raw.x_dim)
     for _, module in program.modules():
         module.to(run.device)
@@ -128,8 +130,9 @@ def _train_and_evaluate(args, run, fit_config, program, data, out, trackers, sta
         if share == share
         else "no Pareto k below 21 samples (--eval-samples)"
     )
+    bits = f" ({test['bits_per_dim']:.3f} bits/dim)" if data.image_shape is not None else ""
     print(
-        f"test log p(x) = {test['log_likelihood']:.2f} nats, Monte Carlo error "
+        f"test log p(x) = {test['log_likelihood']:.2f} nats{bits}, Monte Carlo error "
         f"+- {test['stderr']:.2f}, over the {test['num_points']} test points "
         f"+- {test['stderr_points']:.2f} (ELBO {test['elbo']:.2f}); {pareto}"
     )
@@ -156,6 +159,7 @@ def _pictures(program, x: torch.Tensor, image_shape, out: Path, seed: int) -> li
                 "samples: mean of p(x|z), z ~ p(z)",
             )
         )
+    nrow = min(nrow, len(x)) or nrow  # a test split of fewer than ten images: one short row
     n = min(len(x), 50) // nrow * nrow
     if reconstruct is not None and n:
         pairs = interleave(x[:n], reconstruct(x[:n]), nrow)
@@ -165,7 +169,7 @@ def _pictures(program, x: torch.Tensor, image_shape, out: Path, seed: int) -> li
                 image_shape,
                 out / "reconstructions.png",
                 nrow,
-                "test digits (odd rows) and reconstructions (even rows)",
+                "test images (odd rows) and reconstructions (even rows)",
             )
         )
     missing = [m for m, fn in (("sample", sample), ("reconstruct", reconstruct)) if fn is None]

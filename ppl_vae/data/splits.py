@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from ppl_vae.runtime.kernels import bernoulli
 
-__all__ = ["BINARIZE", "DataSplits", "binarize", "binarize_splits", "check_data"]
+__all__ = ["BINARIZE", "DataSplits", "binarize", "binarize_splits", "check_data", "chw"]
 
 
 #: ``dynamic``: training data resampled x ~ Bernoulli(pixel) every epoch (validation and test
@@ -26,7 +27,10 @@ class DataSplits:
     Attributes:
         name: where the data came from.
         train, val, test: data points as rows; values in [0, 1] for image data.
-        image_shape: (height, width) of one image, or None for non-image data.
+        image_shape: the shape of one image, or None for non-image data: (height, width) for
+            grey images, or (channels, height, width) with 1 or 3 channels; a row is the image
+            flattened channel by channel (``img.reshape(-1)`` of a (C, H, W) tensor).
+            :func:`chw` reads either as (C, H, W).
         dynamic: the training split is grey-level and is to be binarized afresh every epoch.
         binarization: how the splits were binarized (one of :data:`BINARIZE`).
         spec: how to load the same data again (``load_dataset``'s arguments), which run
@@ -40,7 +44,7 @@ class DataSplits:
     train: Tensor
     val: Tensor
     test: Tensor
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
     dynamic: bool = False
     binarization: str = "none"
     spec: dict[str, Any] | None = None
@@ -56,6 +60,22 @@ class DataSplits:
     def binary(self) -> bool:
         """Every split is (or, under dynamic binarization, will be drawn) in {0, 1}."""
         return self.dynamic or all(_is_binary(t) for t in (self.train, self.val, self.test))
+
+
+def chw(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """An ``image_shape`` as (channels, height, width): grey (H, W) images have one channel.
+
+    >>> chw((28, 28)), chw((3, 32, 32))
+    ((1, 28, 28), (3, 32, 32))
+    """
+    if image_shape is None:
+        raise ValueError("the data are not images (their image_shape is None)")
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(
+            f"an image shape is (H, W) or (C, H, W) of positive sizes, got {tuple(image_shape)}"
+        )
+    return (1, *shape) if len(shape) == 2 else shape
 
 
 def _is_binary(x: Tensor) -> bool:

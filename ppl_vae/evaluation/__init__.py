@@ -2,6 +2,7 @@
 MIG, latent walks and pictures. Nothing here trains."""
 
 from .analysis import Surgery, active_units, elbo_surgery, mutual_information_gap
+from .bits import bits_per_dim
 from .loglik import LogLikelihood, elbo, log_likelihood
 from .pictures import image_grid, interleave, plot_curves, plot_latents, save_image_grid
 from .walks import INTERPOLATIONS, attribute_rows, interpolate, interpolation_rows, traversal_rows
@@ -12,6 +13,7 @@ __all__ = [
     "Surgery",
     "active_units",
     "attribute_rows",
+    "bits_per_dim",
     "elbo",
     "elbo_surgery",
     "image_grid",

@@ -2,6 +2,13 @@
 the flow guide, and the builder that knows every model."""
 
 from .build import GUIDES, PRESETS, build_program, build_vae, load_factory
+from .conv import ConvNet, DeconvNet
+from .discretized import (
+    DiscretizedGaussian,
+    DiscretizedGaussianLikelihood,
+    DiscretizedLogistic,
+    DiscretizedLogisticLikelihood,
+)
 from .guides import FlowEncoder, FlowPosterior
 from .hierarchy import (
     GUIDE_DIRECTIONS,
@@ -28,7 +35,13 @@ __all__ = [
     "ACTIVATIONS",
     "BernoulliLikelihood",
     "ContinuousBernoulliLikelihood",
+    "ConvNet",
     "Decoder",
+    "DeconvNet",
+    "DiscretizedGaussian",
+    "DiscretizedGaussianLikelihood",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
     "Features",
     "FlowEncoder",
     "FlowPosterior",

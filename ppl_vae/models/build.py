@@ -65,6 +65,7 @@ def build_vae(
     net: str = "mlp",
     image_shape: Sequence[int] | None = None,
     channels: Sequence[int] | None = None,
+    logistics: int = 5,
     name: str = "vae",
     **prior_options: object,
 ) -> VAE:
@@ -84,7 +85,8 @@ def build_vae(
     encoder of x (or a top-down guide's shared features) is a :class:`~ppl_vae.models.ConvNet`
     with stride-2 convolutions of ``channels`` then linear layers of ``hidden``, and the
     decoder its mirror, a :class:`~ppl_vae.models.DeconvNet`. The layers between latent codes
-    of a two-layer model stay MLPs, as in the VampPrior paper's convHVAE.
+    of a two-layer model stay MLPs, as in the VampPrior paper's convHVAE. ``logistics`` is the
+    number of components in each pixel's mixture under ``likelihood="discretized-logistic"``.
     The arguments are kept as ``vae.recipe`` (plain numbers and strings; a tensor option such
     as ``pseudo_init`` is left out), which run folders record to rebuild the model.
     """
@@ -106,6 +108,10 @@ def build_vae(
     }
     if guide not in GUIDES:
         raise ValueError(f"unknown guide {guide!r}; choose one of {list(GUIDES)}")
+    if likelihood == "discretized-logistic":
+        if logistics < 1:
+            raise ValueError(f"the logistic mixture needs 1 or more logistics, got {logistics}")
+        recipe["logistics"] = logistics
     if net not in NETS:
         raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
     conv = net == "conv"
@@ -194,7 +200,7 @@ def build_vae(
         features = hierarchy.Features(x_dim, hidden, activation)
     else:
         encoder = make_encoder(x_dim, z_dim, hidden, on_x=True)
-    head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale)
+    head = make_likelihood(likelihood, x_dim, gaussian_scale, learn_scale, logistics)
     deconv = None
     if conv:
         k = getattr(head, "outputs_per_feature", 1)

@@ -9,6 +9,10 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from ppl_vae.models.discretized import (
+    DiscretizedGaussianLikelihood,
+    DiscretizedLogisticLikelihood,
+)
 from ppl_vae.models.nets import MLP
 from ppl_vae.runtime.kernels import FastBernoulli
 
@@ -17,6 +21,8 @@ __all__ = [
     "BernoulliLikelihood",
     "ContinuousBernoulliLikelihood",
     "Decoder",
+    "DiscretizedGaussianLikelihood",
+    "DiscretizedLogisticLikelihood",
     "GaussianLikelihood",
     "make_likelihood",
 ]
@@ -30,6 +36,7 @@ class BernoulliLikelihood(nn.Module):
     """
 
     binary: bool = True
+    outputs_per_feature: int = 1
 
     def forward(self, h: Tensor) -> dist.Distribution:
         return FastBernoulli(logits=h).to_event(1)
@@ -43,6 +50,7 @@ class ContinuousBernoulliLikelihood(nn.Module):
     """
 
     binary: bool = False
+    outputs_per_feature: int = 1
 
     def forward(self, h: Tensor) -> dist.Distribution:
         return dist.ContinuousBernoulli(logits=h).to_event(1)
@@ -58,6 +66,7 @@ class GaussianLikelihood(nn.Module):
     """
 
     binary: bool = False
+    outputs_per_feature: int = 1
 
     def __init__(self, x_dim: int, scale: float = 1.0, learn_scale: bool = False) -> None:
         super().__init__()
@@ -73,24 +82,45 @@ class GaussianLikelihood(nn.Module):
         return dist.Normal(h, self.log_scale.exp()).to_event(1)
 
 
-LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
+LIKELIHOODS = (
+    "bernoulli",
+    "continuous-bernoulli",
+    "gaussian",
+    "discretized-logistic",
+    "discretized-gaussian",
+)
 
 
 def make_likelihood(
-    name: str, x_dim: int, scale: float = 1.0, learn_scale: bool = False
+    name: str,
+    x_dim: int,
+    scale: float = 1.0,
+    learn_scale: bool = False,
+    components: int = 5,
 ) -> nn.Module:
-    """Build the likelihood head called ``name``, one of :data:`LIKELIHOODS`."""
+    """Build the likelihood head called ``name``, one of :data:`LIKELIHOODS`.
+
+    ``scale`` and ``learn_scale`` are the Gaussian's; ``components`` is the number of
+    logistics per feature of ``discretized-logistic`` (its decoder emits 3 per component and
+    feature: :attr:`DiscretizedLogisticLikelihood.outputs_per_feature`).
+    """
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "continuous-bernoulli":
         return ContinuousBernoulliLikelihood()
     if name == "gaussian":
         return GaussianLikelihood(x_dim, scale, learn_scale)
+    if name == "discretized-logistic":
+        return DiscretizedLogisticLikelihood(components)
+    if name == "discretized-gaussian":
+        return DiscretizedGaussianLikelihood()
     raise ValueError(f"unknown likelihood {name!r}; choose one of {list(LIKELIHOODS)}")
 
 
 class Decoder(nn.Module):
-    """The generative network p(x|z): an MLP from z to the likelihood's parameters.
+    """The generative network p(x|z): an MLP from z to the likelihood's parameters, ``x_dim``
+    times the head's ``outputs_per_feature`` of them (1 when the head does not say), in the
+    head's layout.
 
     Args:
         z_dim: number of latent dimensions.
@@ -122,10 +152,12 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.z_dim, self.x_dim = z_dim, x_dim
+        head = likelihood if likelihood is not None else BernoulliLikelihood()
         if net is None:
-            net = MLP(z_dim, tuple(reversed(hidden)), x_dim, activation)
+            per_feature = getattr(head, "outputs_per_feature", 1)
+            net = MLP(z_dim, tuple(reversed(hidden)), x_dim * per_feature, activation)
         self.net = net
-        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+        self.likelihood = head
 
     def forward(self, z: Tensor) -> dist.Distribution:
         return self.likelihood(self.net(z))
