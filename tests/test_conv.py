@@ -192,3 +192,18 @@ def test_cli_refuses_conv_on_data_without_an_image_shape(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--net conv needs images" in err, err
     assert not out.exists()
+
+
+def test_the_default_conv_vae_uses_its_code():
+    """With the conv defaults (ELU, one linear layer of 256, He initialisation) the VAE uses z
+    on real digits after a few epochs; with PyTorch's default initialisation and softplus it
+    learned to ignore z (no active unit, the test ELBO of the mean image)."""
+    from ppl_vae import load_dataset
+    from ppl_vae.evaluation.analysis import active_units
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    vae = build_vae(64, z_dim=8, net="conv", image_shape=data.image_shape, channels=(16, 32))
+    fit(vae, data, epochs=5, progress=False, seed=0)
+    count, _ = active_units(vae, data.test)
+    assert count >= 3, f"only {count} of 8 latent dimensions active: the VAE ignores z"

@@ -10,6 +10,7 @@ import torch
 
 from ppl_vae.data.splits import BINARIZE
 from ppl_vae.models.build import GUIDES, NETS, PRESETS, factory_recipe
+from ppl_vae.models.conv import CONV_ACTIVATION, CONV_HIDDEN
 from ppl_vae.models.hierarchy import GUIDE_DIRECTIONS
 from ppl_vae.models.likelihoods import LIKELIHOODS
 from ppl_vae.priors.factory import PRIORS
@@ -76,7 +77,8 @@ class RunConfig:
     net: str = _opt(
         "mlp",
         "the networks on x: mlp on flat rows, or conv (stride-2 convolutions and their "
-        "transposes, for image data; --hidden then sizes the linear layers after them)",
+        "transposes, for image data; --hidden then sizes the linear layers after them, "
+        "default 256, and --activation defaults to elu)",
         NETS,
     )
     channels: str | None = _opt(
@@ -166,6 +168,8 @@ class RunConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
         net = dict(PRESETS[self.preset])
+        if self.net == "conv":  # the preset's widths and softplus are for MLPs
+            net.update(hidden=CONV_HIDDEN, activation=CONV_ACTIVATION)
         if self.hidden is not None:
             try:
                 net["hidden"] = tuple(int(w) for w in self.hidden.split(",") if w.strip())

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from ppl_vae.models import hierarchy
-from ppl_vae.models.conv import CONV_CHANNELS, ConvNet, DeconvNet, image_chw
+from ppl_vae.models.conv import (
+    CONV_ACTIVATION,
+    CONV_CHANNELS,
+    CONV_HIDDEN,
+    ConvNet,
+    DeconvNet,
+    image_chw,
+)
 from ppl_vae.models.likelihoods import Decoder, make_likelihood
 from ppl_vae.models.nets import GaussianEncoder
 from ppl_vae.models.vae import VAE
@@ -51,8 +58,8 @@ GUIDES = ("gaussian", "flow")
 def build_vae(
     x_dim: int,
     z_dim: int = 50,
-    hidden: Sequence[int] = (300, 300),
-    activation: str = "softplus",
+    hidden: Sequence[int] | None = None,
+    activation: str | None = None,
     likelihood: str = "bernoulli",
     prior: str = "normal",
     gaussian_scale: float = 1.0,
@@ -80,6 +87,11 @@ def build_vae(
     ``prior_options`` (components, pseudo-inputs, flow layers...) go to
     :func:`ppl_vae.priors.make_prior`; ``name`` prefixes the parameters in Pyro's param store.
 
+    ``hidden`` and ``activation`` default to 300-300 softplus for MLPs, and for ``net="conv"``
+    to one linear layer of 256 after the convolutions and ELU (softplus made the
+    convolutional VAE ignore its code: the measurements are at
+    :data:`ppl_vae.models.conv.CONV_HIDDEN`).
+
     ``net="conv"`` makes the networks that see x convolutional, for images of
     ``image_shape`` ((C, H, W) or (H, W); the rows of x are those images flattened): the
     encoder of x (or a top-down guide's shared features) is a :class:`~ppl_vae.models.ConvNet`
@@ -95,6 +107,11 @@ def build_vae(
             "beta is not part of the model: pass it to fit(vae, data, beta=...) (--beta), or "
             "wrap model and guide with ppl_vae.kl_weight(fn, beta) for Pyro's SVI"
         )
+    conv = net == "conv"
+    if hidden is None:
+        hidden = CONV_HIDDEN if conv else (300, 300)
+    if activation is None:
+        activation = CONV_ACTIVATION if conv else "softplus"
     recipe = {
         "x_dim": x_dim,
         "z_dim": z_dim,
@@ -114,7 +131,6 @@ def build_vae(
         recipe["logistics"] = logistics
     if net not in NETS:
         raise ValueError(f"unknown net {net!r}; choose one of {list(NETS)}")
-    conv = net == "conv"
     if conv:
         if image_shape is None:
             raise ValueError(
