@@ -13,7 +13,15 @@ import tempfile
 import torch
 from torch import nn
 
-__all__ = ["pythae_model", "train_plain", "train_pythae", "vae_terms"]
+__all__ = [
+    "PythaeProgram",
+    "pythae_conv_mnist",
+    "pythae_logits",
+    "pythae_model",
+    "train_plain",
+    "train_pythae",
+    "vae_terms",
+]
 
 
 def pythae_model(kind: str, vae: nn.Module, k: int = 5, components: int = 500, warmup: int = 0):
@@ -123,3 +131,74 @@ def train_plain(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
+
+def pythae_conv_mnist(z_dim: int):
+    """pythae 0.1.2's VAE on its own convolutional MNIST networks (``Encoder_Conv_VAE_MNIST``:
+    four stride-2 convolutions of 128 to 1024 channels with batch norm; ``Decoder_Conv_AE_MNIST``:
+    a linear layer to 1024 x 4 x 4 and three transposed convolutions back to 1 x 28 x 28, a
+    sigmoid last), with its binary cross-entropy, or None when pythae is not installed. Its
+    images are (N, 1, 28, 28)."""
+    try:
+        from pythae.models import VAE, VAEConfig
+        from pythae.models.nn.benchmarks.mnist import (
+            Decoder_Conv_AE_MNIST,
+            Encoder_Conv_VAE_MNIST,
+        )
+    except ImportError:
+        return None
+    config = VAEConfig(input_dim=(1, 28, 28), latent_dim=z_dim, reconstruction_loss="bce")
+    return VAE(
+        config, encoder=Encoder_Conv_VAE_MNIST(config), decoder=Decoder_Conv_AE_MNIST(config)
+    )
+
+
+def pythae_logits(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The Bernoulli logits of a pythae decoder at codes ``z`` (B, z_dim), as flat rows (B, D):
+    the input of its last ``nn.Sigmoid`` (caught by a forward hook, so no layer is copied and
+    no sigmoid is inverted), or logit(clamped mean) for a decoder without one."""
+    sigmoids = [m for m in decoder.modules() if isinstance(m, nn.Sigmoid)]
+    if not sigmoids:
+        mean = decoder(z).reconstruction.reshape(len(z), -1)
+        return torch.logit(mean.clamp(1e-6, 1 - 1e-6))
+    caught: list[torch.Tensor] = []
+    handle = sigmoids[-1].register_forward_hook(lambda _m, inputs, _out: caught.append(inputs[0]))
+    try:
+        decoder(z)
+    finally:
+        handle.remove()
+    return caught[-1].reshape(len(z), -1)
+
+
+class PythaeProgram:
+    """A trained pythae VAE as a small Pyro program, so that our estimator scores it as it
+    scores our runs: p(z) = N(0, I), p(x|z) = Bernoulli(logits of pythae's decoder), q(z|x) =
+    N(embedding, exp(log_covariance / 2)) of pythae's encoder, on flat rows x (N, D). Put the
+    pythae model in eval mode first (its networks have batch norm)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.encoder, self.decoder = model.encoder, model.decoder
+        self.input_dim = tuple(model.model_config.input_dim)
+        self.z_dim = model.model_config.latent_dim
+
+    def model(self, x: torch.Tensor) -> None:
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("pythae_decoder", self.decoder)
+        with pyro.plate("data", x.shape[-2]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            logits = pythae_logits(self.decoder, z.reshape(-1, self.z_dim))
+            logits = logits.reshape(*z.shape[:-1], -1)  # (..., N, D), particles leftmost
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("pythae_encoder", self.encoder)
+        with pyro.plate("data", x.shape[-2]):
+            out = self.encoder(x.reshape(-1, *self.input_dim))
+            loc = out.embedding.reshape(*x.shape[:-1], self.z_dim)
+            scale = torch.exp(0.5 * out.log_covariance).reshape(loc.shape)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))

@@ -136,3 +136,55 @@ def test_long_run_stops_within_its_hours_with_a_final_evaluation(
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 8)), lines
     capsys.readouterr()
+
+
+CONV_SMOKE = ["--dataset", "mnist5k", "--epochs", "1", "--samples", "8", "--test-limit", "12"]
+CONV_SMOKE += ["--pythae-samples", "8", "--pythae-test-limit", "12", "--pythae-train-limit", "100"]
+CONV_SMOKE += ["--speed-rows", "200", "--repeats", "1", "--no-compile", "--threads", "1"]
+CONV_SMOKE += ["--colour-images", "90", "--colour-epochs", "1"]
+
+
+def test_conv_benchmark_runs_every_part_in_its_smallest_mode(tmp_path, capsys, monkeypatch):
+    """benchmarks/conv.py end to end on a tiny budget: every table has every row, with finite
+    numbers, and the JSON holds them."""
+    import functools
+    import importlib.util as util
+    import math
+
+    from ppl_vae.data import datasets
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    # the embedded digits are parsed from CSV, 5 s a load, and each row's train and evaluate
+    # load them again: parse them once
+    monkeypatch.setattr(datasets, "_load_mnist5k", functools.lru_cache(datasets._load_mnist5k))
+    conv = _exec(SCRIPT.parent / "conv.py", "bench_conv")
+    results = conv.run([*CONV_SMOKE, "--out", str(tmp_path / "conv")])
+    text = capsys.readouterr().out
+    assert "nan" not in text.lower() and "inf" not in text.lower(), text
+    assert list(results["mnist"]) == ["mlp", "conv"], results["mnist"]
+    for row in ("mlp", "conv"):
+        r = results["mnist"][row]
+        assert f"| {row} |" in text, text
+        assert r["log_likelihood"] < 0 and r["elbo"] < 0 and r["parameters"] > 0, r
+        assert math.isfinite(r["stderr_points"]) and r["seconds_per_epoch"] > 0, r
+    assert results["mnist"]["conv"]["parameters"] != results["mnist"]["mlp"]["parameters"]
+    if util.find_spec("pythae") is None:
+        assert "skipped" in results["pythae"], results["pythae"]
+    else:
+        pythae = results["pythae"]["rows"]
+        assert set(pythae) == {"conv", "pythae-conv"}, pythae
+        assert "| pythae-conv |" in text, text
+        assert all(r["num_points"] == 12 and r["num_samples"] == 8 for r in pythae.values())
+        assert all(r["log_likelihood"] < 0 and r["seconds_per_epoch"] > 0 for r in pythae.values())
+        differences = results["pythae"]["differences"]
+        assert set(differences) == {"conv"}, differences
+        assert all(math.isfinite(d["mean"]) for d in differences.values()), differences
+    speed = results["speed"]["rows"]
+    assert len(speed) == 4 and all(r["ms_per_step"] > 0 for r in speed.values()), speed
+    colour = results["colour"]["rows"]
+    assert list(colour) == ["shapes:conv", "shapes:mlp"], colour
+    for name, r in colour.items():
+        assert f"| {name} |" in text and r["image_shape"] == [3, 16, 16], r
+        assert r["log_likelihood"] < 0 and 0 < r["bits_per_dim"] < 16, r
+    saved = json.loads((tmp_path / "conv" / "conv.json").read_text())
+    assert set(saved) >= {"machine", "mnist", "pythae", "speed", "colour", "tables"}, saved
