@@ -207,3 +207,28 @@ def test_the_default_conv_vae_uses_its_code():
     fit(vae, data, epochs=5, progress=False, seed=0)
     count, _ = active_units(vae, data.test)
     assert count >= 3, f"only {count} of 8 latent dimensions active: the VAE ignores z"
+
+
+def test_compile_auto_leaves_a_convolutional_program_eager():
+    """Compiled conv steps were slower than eager ones on the CPU (benchmarks/conv.py), so
+    ``compile="auto"`` keeps them eager; an MLP program on long epochs still compiles."""
+    from ppl_vae.program import as_program
+    from ppl_vae.runtime.compiler import compiler_available
+    from ppl_vae.training.engines import FastEngine
+    from ppl_vae.training.epoch import graph_mode
+
+    cpu = torch.device("cpu")
+    with pyro.validation_enabled(False):
+        assert graph_mode("auto", 600, cpu, convolutional=True) is None
+        expected = "compile" if compiler_available() else None
+        assert graph_mode("auto", 600, cpu, convolutional=False) == expected
+        assert graph_mode("compile", 600, cpu, convolutional=True) == "compile", "asked for"
+    conv = build_vae(64, z_dim=2, net="conv", image_shape=(8, 8), channels=(4,))
+    mlp = build_vae(64, z_dim=2, hidden=(8,))
+    objective = pyro.infer.Trace_ELBO()
+    for vae, want in ((conv, True), (mlp, False)):
+        program = as_program(vae)
+        x = torch.bernoulli(torch.rand(3, 64))
+        vae.model(x), vae.guide(x)  # parameters found as fit finds them
+        program.parameters = {n: p for n, p in vae.named_parameters()}
+        assert FastEngine(program, objective, 1e-3, 1.0).convolutional is want

@@ -66,7 +66,8 @@ class FitConfig:
         "the fast engine's steps once Pyro's checks are off (from epoch 2): compile: traced "
         "once and compiled by torch.compile (equal to float rounding); trace: traced and "
         "replayed (equal to the bit); off: Pyro every step; auto: compile where an epoch has "
-        "200 steps or more and a C++ compiler is found, else off",
+        "200 steps or more, the program has no convolution and a C++ compiler is found, "
+        "else off",
         MODES,
     )
     denormals: str = _opt(

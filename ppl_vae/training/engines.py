@@ -74,6 +74,12 @@ class FastEngine:
         self.optimizer = _adam(params, lr)
         self._checked = False
         self._key = (program.model, program.guide)
+        #: the program's modules hold a convolution, which ``compile="auto"`` leaves eager
+        self.convolutional = any(
+            isinstance(m, torch.nn.modules.conv._ConvNd)
+            for _, root in program.modules()
+            for m in root.modules()
+        )
         self.graph: TracedStep | None = None
         self._graph_failed = False
         self._verify = False

@@ -24,13 +24,19 @@ from ppl_vae.training.trackers import Tracker
 __all__ = ["EpochLoop", "checks_skippable", "graph_mode", "guarded_step"]
 
 
-def graph_mode(setting: str, n_batches: int | None, device: torch.device) -> str | None:
+def graph_mode(
+    setting: str, n_batches: int | None, device: torch.device, convolutional: bool = False
+) -> str | None:
     """What the ``compile`` setting asks of this epoch: "compile", "trace" or None (eager
     steps). A traced step needs Pyro's checks off (they read values) and the CPU; the caller
-    asks only the plain fast engine (not SVI, not torch.distributed)."""
+    asks only the plain fast engine (not SVI, not torch.distributed). ``auto`` compiles where
+    it paid: MLP steps on long epochs (benchmarks/README.md, train_speed.py), not a program
+    with convolutions, whose compiled step was 1.11-1.18x slower than eager on the CPU
+    (benchmarks/conv.py)."""
     mode = setting
-    if mode == "auto":  # where compiling paid (benchmarks/README.md, train_speed.py)
-        mode = "compile" if (n_batches or 0) >= 200 and compiler_available() else "off"
+    if mode == "auto":
+        long_epoch = (n_batches or 0) >= 200
+        mode = "compile" if long_epoch and not convolutional and compiler_available() else "off"
     if mode == "off" or device.type != "cpu" or pyro.poutine.util.is_validation_enabled():
         return None
     return mode
@@ -112,7 +118,10 @@ class EpochLoop:
         skip = checks_skippable(state, self.feed)
         with pyro.validation_enabled(False) if skip else nullcontext():
             if type(engine) is FastEngine:
-                engine.use_graph(graph_mode(config.compile, self.feed.n_batches, self.device))
+                mode = graph_mode(
+                    config.compile, self.feed.n_batches, self.device, engine.convolutional
+                )
+                engine.use_graph(mode)
             self._steps(state, interrupted, bar)
         bar.close()
         note = getattr(engine, "graph_note", None)
