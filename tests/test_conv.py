@@ -232,3 +232,28 @@ def test_compile_auto_leaves_a_convolutional_program_eager():
         vae.model(x), vae.guide(x)  # parameters found as fit finds them
         program.parameters = {n: p for n, p in vae.named_parameters()}
         assert FastEngine(program, objective, 1e-3, 1.0).convolutional is want
+
+
+def test_a_dataset_of_image_tensors_trains_and_is_scored_without_flattening_by_hand():
+    """Images (N, C, H, W) from a torch Dataset go into the built-in models as they are: the
+    model flattens them to the rows its likelihood observes."""
+    from torch.utils.data import TensorDataset
+
+    from ppl_vae import log_likelihood
+
+    torch.manual_seed(0)
+    images = torch.rand(60, 3, 9, 5)
+    vae = build_vae(
+        135, z_dim=3, net="conv", image_shape=(3, 9, 5), channels=(4, 8),
+        likelihood="continuous-bernoulli",
+    )  # fmt: skip
+    result = fit(vae, TensorDataset(images), epochs=2, batch_size=20, progress=False)
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+    torch.manual_seed(1)
+    as_images = log_likelihood(vae.model, vae.guide, images[:5], num_samples=7, seed=0)
+    as_rows = log_likelihood(
+        vae.model, vae.guide, images[:5].reshape(5, -1), num_samples=7, seed=0
+    )
+    torch.testing.assert_close(as_images, as_rows, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"expects data of shape \(N, 135\)"):
+        vae.model(torch.rand(4, 3, 9, 6))

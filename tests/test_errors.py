@@ -34,8 +34,10 @@ def test_wrong_shapes_are_refused():
     vae = build_vae(64, z_dim=2, hidden=(8,))
     with pytest.raises(ValueError, match=r"expects data of shape \(N, 64\), got \(10, 784\)"):
         fit(vae, torch.rand(10, 784).round(), epochs=1, progress=False)
+    # images of 64 values are taken as rows (a Dataset of image tensors); other shapes are not
+    assert vae.guide(torch.zeros(3, 8, 8)).shape == (3, 2)
     with pytest.raises(ValueError, match=r"shape \(N, 64\)"):
-        vae.guide(torch.zeros(3, 8, 8))
+        vae.guide(torch.zeros(3, 8, 9))
     with pytest.raises(ValueError, match="flatten"):
         check_data(torch.zeros(3, 8, 8))
 

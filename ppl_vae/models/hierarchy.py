@@ -140,7 +140,7 @@ class TwoLayerVAE(VAE):
 
     def model(self, x: Tensor, *labels: Tensor) -> Tensor:
         """p(z2) p(z1|z2) p(x|z1) with ``x`` of shape ``(N, x_dim)`` observed; returns z1."""
-        self._check(x)
+        x = self._rows(x)
         self._register()
         with pyro.plate("data", x.shape[0]):
             z2 = pyro.sample("z2", self.prior())
@@ -150,7 +150,7 @@ class TwoLayerVAE(VAE):
 
     def guide(self, x: Tensor, *labels: Tensor) -> Tensor:
         """q(z1|x) q(z2|z1) for ``x`` of shape ``(N, x_dim)``; returns z1."""
-        self._check(x)
+        x = self._rows(x)
         self._register()
         with pyro.plate("data", x.shape[0]):
             z1 = pyro.sample("z1", self.encoder(x))
@@ -210,7 +210,7 @@ class TopDownTwoLayerVAE(TwoLayerVAE):
 
     def guide(self, x: Tensor, *labels: Tensor) -> Tensor:
         """q(z2|x) q(z1|x, z2) for ``x`` of shape ``(N, x_dim)``; returns z1."""
-        self._check(x)
+        x = self._rows(x)
         self._register()
         net = self.encoder
         with pyro.plate("data", x.shape[0]):

@@ -78,6 +78,14 @@ class VAE(nn.Module):
                 del store[key]
         pyro.module(self.name, self)
 
+    def _rows(self, x: Tensor) -> Tensor:
+        """``x`` as rows (N, x_dim): images of shape (N, C, H, W) (a Dataset of image tensors)
+        are flattened, rows pass as they are, anything else is an error that says what to do."""
+        if x.dim() > 2 and x.shape[1:].numel() == self.x_dim:
+            return x.reshape(x.shape[0], self.x_dim)
+        self._check(x)
+        return x
+
     def _check(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[-1] != self.x_dim:
             raise ValueError(
@@ -88,7 +96,7 @@ class VAE(nn.Module):
     def model(self, x: Tensor, *labels: Tensor) -> Tensor:
         """p(z) p(x|z) with ``x`` of shape ``(N, x_dim)`` observed; returns ``z``. Further
         arguments (labels that travel with the data) are ignored."""
-        self._check(x)
+        x = self._rows(x)
         self._register()
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior())
@@ -97,7 +105,7 @@ class VAE(nn.Module):
 
     def guide(self, x: Tensor, *labels: Tensor) -> Tensor:
         """q(z|x) for ``x`` of shape ``(N, x_dim)``; returns ``z`` of shape ``(N, z_dim)``."""
-        self._check(x)
+        x = self._rows(x)
         self._register()
         with pyro.plate("data", x.shape[0]):
             return pyro.sample("z", self.encoder(x))
@@ -105,7 +113,7 @@ class VAE(nn.Module):
     def encode(self, x: Tensor) -> torch.distributions.Distribution:
         """The posterior q(z|x) for ``x`` of shape ``(N, x_dim)``: a distribution with batch
         shape ``(N,)`` and event shape ``(z_dim,)``; its ``mean`` is the embedding."""
-        self._check(x)
+        x = self._rows(x)
         return self.encoder(x)
 
     @torch.no_grad()
