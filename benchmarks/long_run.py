@@ -19,6 +19,12 @@ Usage (from the repository root)::
 A milestone below the epochs the run folder already holds cannot be evaluated any more (the
 weights have moved on); it is skipped with a note.
 
+``--patience P`` stops the row by validation (``--val-size`` held-out images, or a dataset's
+own validation split): training ends after P epochs without a better validation loss
+(``ppl-vae train --patience``, which keeps the best epoch's weights), that epoch's run is
+evaluated as the final milestone, and ``curve.json`` records where and why it stopped; the
+same command afterwards only says so.
+
 ``--hours H`` bounds this invocation's wall time (a session that is stopped at a fixed time, say).
 Before each stage the seconds an epoch takes (median of the last epochs in ``metrics.jsonl``) and
 the evaluations' cost (from the last milestone's, scaled by samples x points) say whether the
@@ -61,6 +67,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/long")
     p.add_argument("--goal", type=float, default=None, help="an NLL to draw as a dashed line")
     p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop by validation: after this many epochs without a better validation loss",
+    )
+    p.add_argument(
         "--hours",
         type=float,
         default=None,
@@ -74,6 +86,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         # cosine anneals over the run's epochs, so stages would each restart it; plateau reads
         # a validation loss that --val-size 0 does not have
         p.error(f"--lr-schedule {args.lr_schedule} does not extend across milestones; use iwae")
+    if args.patience is not None and args.patience < 1:
+        p.error("--patience counts epochs, 1 or more")
+    if args.patience is not None and args.dataset == "mnist" and args.val_size == 0:
+        p.error("--patience watches a validation loss: give --val-size N (e.g. 10000)")
     args.milestones = milestones
     if args.hours is not None and not args.hours > 0:
         p.error("--hours is a wall-time budget in hours, above 0")
@@ -100,6 +116,7 @@ def _stage_args(args: argparse.Namespace, epochs: int, samples: int, limit: int)
         lr_schedule=args.lr_schedule,
         seed=args.seed,
         out=args.out,
+        patience=args.patience,
     )
 
 
@@ -157,6 +174,11 @@ def run(argv: list[str] | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     curve_file = folder / "curve.json"
     curve = json.loads(curve_file.read_text()) if curve_file.is_file() else {}
+    done = stopped(curve)
+    if done is not None:
+        print(f"{args.row}: {done}; nothing left to train", flush=True)
+        print(table(args, curve))
+        return curve
     for i, m in enumerate(args.milestones):
         if str(m) in curve:
             continue
@@ -186,16 +208,24 @@ def run(argv: list[str] | None = None) -> dict:
         last = target < m or m == args.milestones[-1]
         print(f"[{time.strftime('%H:%M:%S')}] {args.row}: training to epoch {target}", flush=True)
         stage = _stage_args(args, target, args.curve_samples, args.curve_points)
-        mnist.train_row(args.row, stage)
+        trained = mnist.train_row(args.row, stage)
+        early = trained["epochs"] < target  # fit's patience ended the run
+        if early:
+            target, last = trained["epochs"], True
         entry = {"curve": _point(mnist.evaluate_row(args.row, stage))}
         entry["train_seconds"] = mnist.train_seconds(args.row, {}, stage)
         if last:
             final = _stage_args(args, target, args.samples, args.test_limit)
             entry["final"] = _point(mnist.evaluate_row(args.row, final))
+        if early:
+            entry["stopped_by_validation"] = _best_epoch(folder) | {"patience": args.patience}
         curve[str(target)] = entry
         curve_file.write_text(json.dumps(curve, indent=2) + "\n")
         draw(folder, args, curve)  # after every milestone, so a stopped run has its picture
         print(f"    test NLL {-entry['curve']['log_likelihood']:.2f} (curve)", flush=True)
+        if early:
+            print(f"{args.row}: {stopped(curve)}", flush=True)
+            break
         if target < m:
             left = ", ".join(map(str, args.milestones[i:]))
             print(
@@ -207,6 +237,26 @@ def run(argv: list[str] | None = None) -> dict:
     print(table(args, curve))
     draw(folder, args, curve)
     return curve
+
+
+def _best_epoch(folder: Path) -> dict:
+    """The epoch of the best validation loss in ``metrics.jsonl``, and that loss."""
+    records = [r for r in mnist.epoch_records(folder) or [] if "val_loss" in r]
+    best = min(records, key=lambda r: r["val_loss"])
+    return {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"]}
+
+
+def stopped(curve: dict) -> str | None:
+    """How the row stopped by validation, if it did; None while it goes on."""
+    for m in sorted(curve, key=int):
+        why = curve[m].get("stopped_by_validation")
+        if why is not None:
+            return (
+                f"stopped by validation at epoch {m}: no better validation loss in "
+                f"{why['patience']} epochs after epoch {why['best_epoch']} "
+                f"({why['best_val_loss']:.2f} nats), whose weights were evaluated"
+            )
+    return None
 
 
 def table(args: argparse.Namespace, curve: dict) -> str:

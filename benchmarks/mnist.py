@@ -177,6 +177,8 @@ def train_row(name: str, args: argparse.Namespace) -> dict:
         flags += ["--data-dir", args.data_dir, "--val-size", str(args.val_size)]
     if args.lr_schedule != "constant":
         flags += ["--lr-schedule", args.lr_schedule]
+    if getattr(args, "patience", None):  # long_run's stop by validation
+        flags += ["--patience", str(args.patience)]
     finished = _finished(folder, args.epochs)
     if finished is not None:
         return finished

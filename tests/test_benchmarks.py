@@ -188,3 +188,53 @@ def test_conv_benchmark_runs_every_part_in_its_smallest_mode(tmp_path, capsys, m
         assert r["log_likelihood"] < 0 and 0 < r["bits_per_dim"] < 16, r
     saved = json.loads((tmp_path / "conv" / "conv.json").read_text())
     assert set(saved) >= {"machine", "mnist", "pythae", "speed", "colour", "tables"}, saved
+
+
+def test_long_run_stops_a_row_by_validation_and_says_so_afterwards(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    """--patience reaches ppl-vae train; a stage that fit's patience ended early becomes the
+    final milestone (curve and final evaluation at the epoch reached), curve.json says where
+    and why, and the same command afterwards trains nothing. ppl-vae is faked: the control
+    flow is what is tested here (fit's patience has its own tests)."""
+    long_run = _long_run(monkeypatch)
+    out = tmp_path / "long"
+    folder = out / "seed"
+    calls = []
+    val_losses = [100.0, 90.0, 85.0, 86.0, 87.0]  # best at epoch 3, then two worse: patience 2
+
+    def train_row(name, args):
+        calls.append(("train", args.epochs, args.patience))
+        folder.mkdir(parents=True, exist_ok=True)
+        epochs = min(args.epochs, len(val_losses))
+        records = [{"epoch": e + 1, "val_loss": v, "seconds": 1.0} for e, v in
+                   enumerate(val_losses[:epochs])]  # fmt: skip
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        metrics = {"epochs": epochs}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    def evaluate_row(name, args):
+        calls.append(("evaluate", args.samples))
+        return {"log_likelihood": -90.0 - args.samples / 1000, "stderr": 0.1,
+                "stderr_points": 0.2, "elbo": -95.0, "share_pareto_k_above_0.7": 0.5}  # fmt: skip
+
+    monkeypatch.setattr(long_run.mnist, "train_row", train_row)
+    monkeypatch.setattr(long_run.mnist, "evaluate_row", evaluate_row)
+    argv = ["--row", "seed", "--dataset", "mnist5k", "--curve-samples", "8", "--samples", "50"]
+    argv += ["--out", str(out), "--patience", "2", "--milestones", "2", "30", "100"]
+    curve = long_run.run(argv)
+    assert sorted(curve, key=int) == ["2", "5"], curve
+    assert curve["5"]["final"]["log_likelihood"] == -90.05, "the final evaluation, K = 50"
+    assert curve["5"]["stopped_by_validation"] == {
+        "best_epoch": 3, "best_val_loss": 85.0, "patience": 2
+    }  # fmt: skip
+    assert ("train", 30, 2) in calls, "--patience reaches the training"
+    printed = capsys.readouterr().out
+    assert "stopped by validation at epoch 5" in printed and "after epoch 3" in printed
+    calls.clear()
+    assert long_run.run(argv) == curve
+    assert not [c for c in calls if c[0] == "train"], "a stopped row trains no more"
+    assert "nothing left to train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        long_run.parse(["--row", "seed", "--patience", "5", "--val-size", "0"])
