@@ -1,5 +1,6 @@
 """ppl_vae: variational autoencoders as Pyro programs."""
 
+from ppl_vae.cli.runs import open_run as load_run
 from ppl_vae.data.datasets import load_dataset
 from ppl_vae.data.splits import DataSplits
 from ppl_vae.evaluation.bits import bits_per_dim
@@ -86,4 +87,5 @@ __all__ = [
     "DiscretizedLogistic",
     "DiscretizedLogisticLikelihood",
     "bits_per_dim",
+    "load_run",
 ]
