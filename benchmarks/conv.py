@@ -186,22 +186,24 @@ def mnist_table(results: dict[str, dict], args: argparse.Namespace) -> str:
     )
     header = ["row", "what", "test log p(x)", "+- (points)", "+- (MC)", "test ELBO"]
     header += ["s per epoch", "ms per step", "parameters", "eval s"]
-    rows = [
-        [
-            name,
-            r["what"],
-            _fmt(r["log_likelihood"]),
-            _fmt(r["stderr_points"]),
-            _fmt(r["stderr_mc"], 3),
-            _fmt(r["elbo"]),
-            _fmt(r["seconds_per_epoch"], 1),
-            _fmt(1e3 * r["seconds_per_epoch"] / r["steps_per_epoch"], 1),
-            f"{r['parameters']:,}",
-            _fmt(r["eval_seconds"], 0),
-        ]
-        for name, r in results.items()
-    ]
+    rows = [_quality_cells(name, r, r["stderr_mc"]) for name, r in results.items()]
     return f"{head}\n{_table(header, rows)}"
+
+
+def _quality_cells(name: str, r: dict[str, Any], stderr_mc: float) -> list[str]:
+    """A row of the quality tables (parts 1 and 2)."""
+    return [
+        name,
+        r["what"],
+        _fmt(r["log_likelihood"]),
+        _fmt(r["stderr_points"]),
+        _fmt(stderr_mc, 3),
+        _fmt(r["elbo"]),
+        _fmt(r["seconds_per_epoch"], 1),
+        _fmt(1e3 * r["seconds_per_epoch"] / r["steps_per_epoch"], 1),
+        f"{r['parameters']:,}",
+        _fmt(r["eval_seconds"], 0),
+    ]
 
 
 # --- 2. against pythae's convolutional MNIST networks -------------------------------------
@@ -307,21 +309,7 @@ def pythae_table(result: dict[str, Any], args: argparse.Namespace) -> str:
     )
     header = ["row", "what", "test log p(x)", "+- (points)", "+- (MC)", "test ELBO"]
     header += ["s per epoch", "ms per step", "parameters", "eval s"]
-    body = [
-        [
-            name,
-            r["what"],
-            _fmt(r["log_likelihood"]),
-            _fmt(r["stderr_points"]),
-            _fmt(r["stderr"], 3),
-            _fmt(r["elbo"]),
-            _fmt(r["seconds_per_epoch"], 1),
-            _fmt(1e3 * r["seconds_per_epoch"] / r["steps_per_epoch"], 1),
-            f"{r['parameters']:,}",
-            _fmt(r["eval_seconds"], 0),
-        ]
-        for name, r in rows.items()
-    ]
+    body = [_quality_cells(name, r, r["stderr"]) for name, r in rows.items()]
     tail = "\n".join(
         f"pythae - {name}, log p(x) paired on the same points: {_fmt(d['mean'])} +- "
         f"{_fmt(d['se'])} nats"
