@@ -317,10 +317,15 @@ def observed_sites(
     }
 
 
-def _is_boolean(support: Any) -> bool:
+def _base_support(support: Any) -> Any:
+    """The constraint inside ``Independent`` and the other wrappers."""
     while hasattr(support, "base_constraint"):
         support = support.base_constraint
-    return support is torch.distributions.constraints.boolean
+    return support
+
+
+def _is_boolean(support: Any) -> bool:
+    return _base_support(support) is torch.distributions.constraints.boolean
 
 
 def check_observed(model: Callable, guide: Callable, *args: Any, what: str = "the data") -> None:
@@ -360,9 +365,7 @@ def binary_observation(model: Callable, guide: Callable, *args: Any) -> bool:
 def _levels(fn: Any) -> int | None:
     """How many values the distribution ``fn`` puts its mass on, or None for a density: 2 for
     a {0, 1} support, else the ``levels`` a discrete support or the distribution declares."""
-    support = fn.support
-    while hasattr(support, "base_constraint"):  # Independent and other wrappers
-        support = support.base_constraint
+    support = _base_support(fn.support)
     if support is torch.distributions.constraints.boolean:
         return 2
     if not getattr(support, "is_discrete", False):

@@ -224,20 +224,17 @@ class RunConfig:
             "modes": self.modes,
         }
         net = self.network()
+        likelihood = self.resolved(image_shape).likelihood
         kwargs = {
             "x_dim": x_dim,
             **net,
             "hidden": list(net["hidden"]),
             **({"top_hidden": list(net["top_hidden"])} if "top_hidden" in net else {}),
-            "likelihood": self.resolved(image_shape).likelihood,
+            "likelihood": likelihood,
             "prior": self.prior,
             "gaussian_scale": self.gaussian_scale,
             "learn_scale": self.learn_scale,
-            **(
-                {"logistics": self.logistics}
-                if self.resolved(image_shape).likelihood == "discretized-logistic"
-                else {}
-            ),
+            **({"logistics": self.logistics} if likelihood == "discretized-logistic" else {}),
             **(
                 {"guide": self.guide, "guide_flow_layers": self.guide_flow_layers}
                 if self.guide != "gaussian"

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from ppl_vae.data.splits import chw
+
 __all__ = ["image_grid", "interleave", "plot_curves", "plot_latents", "save_image_grid"]
 
 
@@ -27,7 +29,7 @@ def image_grid(
     """A figure of rows ``images`` of shape (N, C*H*W), values in [0, 1], as a grid of HxW
     tiles: grey (dark on light) for ``image_shape`` (H, W) or (1, H, W), in colour for
     (3, H, W). A row is an image flattened in C-major order."""
-    shape = tuple(image_shape) if len(image_shape) == 3 else (1, *image_shape)
+    shape = chw(image_shape)
     tiles = images.detach().float().cpu().clamp(0, 1).reshape(-1, *shape)
     grid = make_grid(tiles, nrow=nrow, padding=1, pad_value=1.0)  # (3, rows, columns)
     colour = shape[0] == 3

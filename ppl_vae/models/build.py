@@ -5,14 +5,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from ppl_vae.data.splits import chw
 from ppl_vae.models import hierarchy
 from ppl_vae.models.conv import (
     CONV_ACTIVATION,
@@ -20,7 +21,6 @@ from ppl_vae.models.conv import (
     CONV_HIDDEN,
     ConvNet,
     DeconvNet,
-    image_chw,
 )
 from ppl_vae.models.likelihoods import Decoder, make_likelihood
 from ppl_vae.models.nets import GaussianEncoder
@@ -137,10 +137,10 @@ def build_vae(
                 "a convolutional net needs the images' shape: give image_shape=(C, H, W) (the "
                 "CLI takes it from an image dataset), or use --net mlp"
             )
-        image_shape = image_chw(image_shape)
-        if image_shape[0] * image_shape[1] * image_shape[2] != x_dim:
+        image_shape = chw(image_shape)
+        if math.prod(image_shape) != x_dim:
             raise ValueError(
-                f"images of shape {image_shape} have {torch.Size(image_shape).numel()} values "
+                f"images of shape {image_shape} have {math.prod(image_shape)} values "
                 f"but the data have {x_dim} features per row"
             )
         channels = tuple(channels) if channels is not None else CONV_CHANNELS

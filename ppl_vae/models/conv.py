@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ppl_vae.data.splits import chw
 from ppl_vae.models.nets import ACTIVATIONS
 
 __all__ = [
@@ -17,7 +18,6 @@ __all__ = [
     "ConvNet",
     "DeconvNet",
     "conv_sizes",
-    "image_chw",
 ]
 
 
@@ -36,21 +36,6 @@ CONV_ACTIVATION = "elu"
 _KERNEL, _STRIDE, _PADDING = 4, 2, 1
 
 
-def image_chw(image_shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(C, H, W)`` from an image shape given as ``(H, W)`` (one grey channel) or
-    ``(C, H, W)``.
-
-    >>> image_chw((28, 28)), image_chw((3, 5, 7))
-    ((1, 28, 28), (3, 5, 7))
-    """
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"an image shape is (H, W) or (C, H, W) of positive sizes, got {shape}")
-    return shape  # type: ignore[return-value]
-
-
 def conv_sizes(image_shape: Sequence[int], layers: int) -> list[tuple[int, int]]:
     """The (height, width) of the feature maps of ``layers`` stride-2 convolutions, the input's
     first: ``layers + 1`` entries. A ``ValueError`` when an image is too small for them.
@@ -60,7 +45,7 @@ def conv_sizes(image_shape: Sequence[int], layers: int) -> list[tuple[int, int]]
     >>> conv_sizes((3, 9, 5), 2)
     [(9, 5), (4, 2), (2, 1)]
     """
-    _, h, w = image_chw(image_shape)
+    _, h, w = chw(image_shape)
     sizes = [(h, w)]
     for _ in range(layers):
         h, w = sizes[-1]
@@ -160,7 +145,7 @@ class ConvNet(nn.Module):
         super().__init__()
         if not channels or min(channels) < 1:
             raise ValueError(f"a convolutional net needs channels of 1 or more, got {channels}")
-        self.image_shape = image_chw(image_shape)
+        self.image_shape = chw(image_shape)
         self.in_features = int(torch.Size(self.image_shape).numel())
         self.out_features = out_features
         sizes = conv_sizes(self.image_shape, len(channels))
@@ -222,7 +207,7 @@ class DeconvNet(nn.Module):
         super().__init__()
         if not channels or min(channels) < 1:
             raise ValueError(f"a convolutional net needs channels of 1 or more, got {channels}")
-        self.image_shape = image_chw(image_shape)
+        self.image_shape = chw(image_shape)
         self.in_features, self.outputs_per_pixel = in_features, outputs_per_pixel
         self.out_features = outputs_per_pixel * int(torch.Size(self.image_shape).numel())
         sizes = conv_sizes(self.image_shape, len(channels))
