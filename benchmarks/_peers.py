@@ -7,8 +7,10 @@ rows are: same networks, same test points, same importance-sampling draws.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import time
 
 import torch
 from torch import nn
@@ -63,12 +65,36 @@ def pythae_model(kind: str, vae: nn.Module, k: int = 5, components: int = 500, w
     raise ValueError(f"unknown pythae model {kind!r}")
 
 
-def train_pythae(model, train: torch.Tensor, epochs: int, dynamic: bool, seed: int) -> None:
+class _OutOfTime(Exception):
+    """Raised by :func:`train_pythae`'s deadline at the end of an epoch."""
+
+
+def train_pythae(
+    model,
+    train: torch.Tensor,
+    epochs: int,
+    dynamic: bool,
+    seed: int,
+    seconds: float | None = None,
+) -> int:
     """``epochs`` epochs of pythae's own ``BaseTrainer`` (Adam, lr 1e-3, batch 100), one
     trainer for the whole run so Adam's state carries over; ``dynamic``: every image is drawn
-    afresh from its grey levels each time the trainer reads it."""
+    afresh from its grey levels each time the trainer reads it. With ``seconds``, training
+    also ends at the first epoch end after that much wall time (counted from this call, the
+    trainer's set-up included). Returns the epochs trained."""
     from pythae.data.datasets import BaseDataset, DatasetOutput
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
+    from pythae.trainers.training_callbacks import TrainingCallback
+
+    end = time.perf_counter() + (seconds if seconds is not None else float("inf"))
+
+    class Deadline(TrainingCallback):
+        done = 0
+
+        def on_epoch_end(self, training_config, **kwargs) -> None:
+            Deadline.done += 1
+            if time.perf_counter() >= end:
+                raise _OutOfTime
 
     for name in ("pythae", "pythae.trainers.base_trainer.base_trainer"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -86,7 +112,12 @@ def train_pythae(model, train: torch.Tensor, epochs: int, dynamic: bool, seed: i
         no_cuda=True,
         seed=seed,
     )
-    BaseTrainer(model, train_dataset=dataset, training_config=config).train()
+    trainer = BaseTrainer(
+        model, train_dataset=dataset, training_config=config, callbacks=[Deadline()]
+    )
+    with contextlib.suppress(_OutOfTime):
+        trainer.train()
+    return Deadline.done
 
 
 def vamp_pseudo_inputs(model) -> torch.Tensor:
@@ -111,16 +142,26 @@ def vae_terms(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def train_plain(
-    vae: nn.Module, train: torch.Tensor, epochs: int, dynamic: bool, seed: int
-) -> None:
+    vae: nn.Module,
+    train: torch.Tensor,
+    epochs: int,
+    dynamic: bool,
+    seed: int,
+    seconds: float | None = None,
+) -> int:
     """A hand-written PyTorch VAE on ``vae``'s networks: analytic KL to N(0, I), one draw, the
     Bernoulli log-likelihood by ``binary_cross_entropy_with_logits``, Adam lr 1e-3, batch 100,
-    shuffled every epoch; ``dynamic``: every batch drawn afresh from its grey levels."""
+    shuffled every epoch; ``dynamic``: every batch drawn afresh from its grey levels. With
+    ``seconds``, it also ends at the first epoch end after that much wall time. Returns the
+    epochs trained."""
+    end = time.perf_counter() + (seconds if seconds is not None else float("inf"))
     params = list(vae.encoder.net.parameters()) + list(vae.decoder.net.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if time.perf_counter() >= end:
+            return epoch
         order = torch.randperm(len(train), generator=gen)
         for i in range(0, len(train), 100):
             x = train[order[i : i + 100]]
@@ -131,6 +172,7 @@ def train_plain(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    return epochs
 
 
 def pythae_conv_mnist(z_dim: int):

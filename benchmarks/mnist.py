@@ -101,6 +101,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "seed net, IAF guide, VampPrior",
         ["--guide", "flow", "--prior", "vamp", "--warmup", "3"],
     ),
+    "flow-guide-vamp-elbo": (  # STL scores an IAF off its own draw: z_dim inverse passes
+        "seed net, IAF guide, VampPrior, ELBO (sampled KL)",
+        ["--guide", "flow", "--prior", "vamp", "--warmup", "3", "--objective", "elbo"],
+    ),
     "flow-guide-flow": (  # the flow prior was the best learned prior at 30 epochs
         "seed net, IAF guide, flow prior",
         ["--guide", "flow", "--prior", "flow", "--warmup", "3"],
@@ -167,8 +171,8 @@ def _quiet(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def train_row(name: str, args: argparse.Namespace) -> dict:
-    """Train (or resume) the row's run folder up to ``--epochs``; its metrics.json."""
+def row_flags(name: str, args: argparse.Namespace) -> list[str]:
+    """The ``ppl-vae train`` flags of row ``name`` at ``--epochs`` (no --resume)."""
     folder = Path(args.out) / name
     flags = ["train", *ROWS[name][1], "--out", str(folder), "--epochs", str(args.epochs)]
     flags += ["--dataset", args.dataset, "--binarize", args.binarize, "--seed", str(args.seed)]
@@ -179,6 +183,13 @@ def train_row(name: str, args: argparse.Namespace) -> dict:
         flags += ["--lr-schedule", args.lr_schedule]
     if getattr(args, "patience", None):  # long_run's stop by validation
         flags += ["--patience", str(args.patience)]
+    return flags
+
+
+def train_row(name: str, args: argparse.Namespace) -> dict:
+    """Train (or resume) the row's run folder up to ``--epochs``; its metrics.json."""
+    folder = Path(args.out) / name
+    flags = row_flags(name, args)
     finished = _finished(folder, args.epochs)
     if finished is not None:
         return finished
@@ -223,13 +234,14 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
     data = binarize_splits(raw, args.binarize, args.seed)
     vae, dynamic = program.source, args.binarize == "dynamic"
     started = time.perf_counter()
+    budget = getattr(args, "seconds", None)  # peer_budget.py's equal wall time
     if trainer == "plain":
-        _peers.train_plain(vae, data.train, args.epochs, dynamic, args.seed)
+        done = _peers.train_plain(vae, data.train, args.epochs, dynamic, args.seed, budget)
     else:
         model = _peers.pythae_model(trainer, vae, k=k, components=500, warmup=3)
         if model is None:
             raise SystemExit(f"row {name} needs pythae: pip install pythae==0.1.2 --no-deps")
-        _peers.train_pythae(model, data.train, args.epochs, dynamic, args.seed)
+        done = _peers.train_pythae(model, data.train, args.epochs, dynamic, args.seed, budget)
         if trainer == "vamp":
             with torch.no_grad():
                 vae.prior.u.copy_(_peers.vamp_pseudo_inputs(model))
@@ -247,6 +259,7 @@ def train_peer(name: str, args: argparse.Namespace) -> dict:
             run_info=info,
         )
     metrics = {"epochs": args.epochs, "train_seconds": seconds, "peer": what}
+    metrics["trained_epochs"] = done
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -238,3 +238,27 @@ def test_long_run_stops_a_row_by_validation_and_says_so_afterwards(
     assert "nothing left to train" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         long_run.parse(["--row", "seed", "--patience", "5", "--val-size", "0"])
+
+
+@pytest.mark.slow
+def test_peer_budget_stops_both_sides_by_the_clock_and_pairs_them(tmp_path, capsys):
+    """benchmarks/peer_budget.py with the hand-written peer (no pythae needed): each side is
+    stopped by the clock, not by an epoch count, both are scored on the same points, and a
+    second call reads the trained sides back instead of training again."""
+    bench = _exec(SCRIPT.parent / "peer_budget.py", "bench_peer_budget")
+    argv = ["--dataset", "mnist5k", "--seconds", "8", "--samples", "5", "--test-limit", "20"]
+    argv += ["--ours", "seed-stl-warmup", "--peer", "plain-vae", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| seed-stl-warmup |" in text and "| plain-vae |" in text, text
+    assert "plain-vae - seed-stl-warmup NLL, paired:" in text, text
+    for side in ("seed-stl-warmup", "plain-vae"):
+        metrics = json.loads((tmp_path / side / "metrics.json").read_text())
+        assert metrics["seconds_budget"] == 8.0 and metrics["threads"] >= 1
+        assert 8.0 <= metrics["train_seconds"] < 90, metrics  # stopped by the clock
+        assert metrics["trained_epochs"] < bench.UNTIL_STOPPED, metrics  # whole epochs
+    assert (tmp_path / "seed-stl-warmup" / "checkpoint.pt").is_file()  # saved at the stop
+    assert json.loads((tmp_path / "plain-vae" / "metrics.json").read_text())["trained_epochs"] >= 1
+    first = (tmp_path / "table.md").read_text()
+    assert bench.main(argv) == 0  # read back: the same trained sides, the same table
+    assert (tmp_path / "table.md").read_text() == first

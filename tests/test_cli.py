@@ -214,3 +214,19 @@ def test_compare_refuses_the_same_data_set_binarized_otherwise(run_dir, tmp_path
     assert main(["compare", str(run_dir), str(other), "--num-samples", "5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "points of" in err and "differ" in err and len(err.splitlines()) == 1, err
+
+
+def test_ctrl_c_before_the_first_step_does_not_claim_a_saved_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C while the data still load: exit 130, and the message says nothing was saved
+    (it must not send the user to --resume a checkpoint that does not exist)."""
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ppl_vae.cli.parser.cmd_train", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist5k", "--epochs", "1", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "nothing saved" in err and "--resume" not in err, err

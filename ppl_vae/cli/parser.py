@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ppl_vae.cli.evaluate import cmd_evaluate
@@ -207,9 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ppl-vae {args.command}: error{rank}: {text}", file=sys.stderr)
         return code
     except KeyboardInterrupt as e:
-        saved = (
-            "; the checkpoint is saved (resume with --resume)" if args.command == "train" else ""
-        )
+        saved = ""
+        if args.command == "train":  # stopped before the first step: no checkpoint to resume
+            kept = (Path(args.out) / "checkpoint.pt").is_file()
+            saved = (
+                "; the checkpoint is saved (resume with --resume)" if kept else "; nothing saved"
+            )
         terminated = isinstance(e, Terminated)
         if world().root:
             print(f"{'terminated' if terminated else 'interrupted'}{saved}", file=sys.stderr)
