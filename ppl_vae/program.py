@@ -155,13 +155,19 @@ class Program:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything to restore the program: each module's ``state_dict`` (buffers included)
-        and the param-store tensors no module holds (unconstrained)."""
+        and the param-store tensors no module holds (unconstrained). A tensor two modules share
+        (the VampPrior's encoder is the guide's) is copied once, so a checkpoint holds it once."""
+        copies: dict[tuple, torch.Tensor] = {}
+
+        def copy(v: torch.Tensor) -> torch.Tensor:
+            key = (v.data_ptr(), v.dtype, v.device, tuple(v.shape), v.stride())
+            return copies[key] if key in copies else copies.setdefault(key, v.detach().clone())
+
         return {
             "modules": {
-                key: {k: v.detach().clone() for k, v in m.state_dict().items()}
-                for key, m in self.modules()
+                key: {k: copy(v) for k, v in m.state_dict().items()} for key, m in self.modules()
             },
-            "params": {n: self.parameters[n].detach().clone() for n in self.store_names},
+            "params": {n: copy(self.parameters[n]) for n in self.store_names},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

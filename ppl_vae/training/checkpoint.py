@@ -20,6 +20,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "share_equal",
     "read_json",
     "write_json",
     "write_text",
@@ -32,6 +33,25 @@ FORMAT = "ppl_vae-checkpoint-1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model it is loaded into."""
+
+
+def share_equal(state: Any, reference: Any) -> Any:
+    """``state`` (nested dicts of tensors) with each tensor equal to the one at the same place
+    in ``reference`` replaced by that one, so that ``torch.save`` writes it once: the best
+    epoch's weights beside the current ones cost nothing where they are the same (the best
+    epoch just ended, or buffers such as an autoregressive flow's masks)."""
+    if isinstance(state, dict) and isinstance(reference, dict):
+        return {k: share_equal(v, reference.get(k)) for k, v in state.items()}
+    if (
+        isinstance(state, torch.Tensor)
+        and isinstance(reference, torch.Tensor)
+        and state.dtype == reference.dtype
+        and state.shape == reference.shape
+        and state.device == reference.device
+        and torch.equal(state, reference)
+    ):
+        return reference
+    return state
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

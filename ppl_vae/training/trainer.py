@@ -31,6 +31,7 @@ from ppl_vae.training.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    share_equal,
     write_json,
 )
 from ppl_vae.training.config import FitConfig, check_config, kl_warmup
@@ -188,6 +189,10 @@ class _Trainer:
             "data_rng": self.gen.get_state(),
             "train": self.state.as_dict(),
         }
+        if state["train"]["best_state"] is not None:  # stored once where it equals the current
+            state["train"]["best_state"] = share_equal(
+                state["train"]["best_state"], state["program"]
+            )
         if self.world.active:
             state["processes"] = self.world.size
             state["rng_ranks"] = rngs
