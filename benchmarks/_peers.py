@@ -65,6 +65,11 @@ def pythae_model(kind: str, vae: nn.Module, k: int = 5, components: int = 500, w
     raise ValueError(f"unknown pythae model {kind!r}")
 
 
+def _deadline(seconds: float | None) -> float:
+    """The ``time.perf_counter()`` at which ``seconds`` from now have passed (never: None)."""
+    return time.perf_counter() + (seconds if seconds is not None else float("inf"))
+
+
 class _OutOfTime(Exception):
     """Raised by :func:`train_pythae`'s deadline at the end of an epoch."""
 
@@ -86,7 +91,7 @@ def train_pythae(
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
     from pythae.trainers.training_callbacks import TrainingCallback
 
-    end = time.perf_counter() + (seconds if seconds is not None else float("inf"))
+    end = _deadline(seconds)
 
     class Deadline(TrainingCallback):
         done = 0
@@ -154,7 +159,7 @@ def train_plain(
     shuffled every epoch; ``dynamic``: every batch drawn afresh from its grey levels. With
     ``seconds``, it also ends at the first epoch end after that much wall time. Returns the
     epochs trained."""
-    end = time.perf_counter() + (seconds if seconds is not None else float("inf"))
+    end = _deadline(seconds)
     params = list(vae.encoder.net.parameters()) + list(vae.decoder.net.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     gen = torch.Generator().manual_seed(seed)

@@ -153,12 +153,14 @@ def _idx_data(args: argparse.Namespace) -> bool:
     return args.dataset in ("mnist", "fashion-mnist", "kmnist")
 
 
-def _finished(folder: Path, epochs: int) -> dict | None:
-    """The row's metrics.json when it was trained for ``epochs``, else None."""
+def _finished(folder: Path, epochs: int | None = None, **budget: object) -> dict | None:
+    """The row's metrics.json when it was trained for ``epochs`` (or for each ``budget`` key's
+    value, e.g. ``seconds_budget``), else None."""
     done = folder / "metrics.json"
     if done.is_file():
         metrics = json.loads(done.read_text())
-        if metrics.get("epochs") == epochs:
+        budget = budget if epochs is None else {"epochs": epochs, **budget}
+        if all(metrics.get(key) == value for key, value in budget.items()):
             return metrics
     return None
 

@@ -18,7 +18,7 @@ Usage (from the repository root; pythae: ``pip install pythae==0.1.2 --no-deps``
     OMP_NUM_THREADS=1 python benchmarks/peer_budget.py --seconds 1800 --out runs/peer-budget
     # or the two side by side, one core each, then the comparison:
     export OMP_NUM_THREADS=1; B="--seconds 1800 --out runs/peer-budget"
-    python benchmarks/peer_budget.py $B --stage ours & python benchmarks/peer_budget.py $B \
+    python benchmarks/peer_budget.py $B --stage ours & python benchmarks/peer_budget.py $B \\
         --stage peer; wait; python benchmarks/peer_budget.py $B
     python benchmarks/peer_budget.py --dataset mnist5k --seconds 10 --samples 20 \\
         --test-limit 50 --out /tmp/peer-smoke                                 # a smoke run
@@ -72,16 +72,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _done(folder: Path, args: argparse.Namespace) -> dict | None:
-    """The folder's metrics.json when it was trained for this budget, else None."""
-    path = folder / "metrics.json"
-    if path.is_file():
-        metrics = json.loads(path.read_text())
-        if metrics.get("seconds_budget") == args.seconds:
-            return metrics
-    return None
-
-
 def _alarm_once_training(folder: Path, seconds: float) -> tuple[threading.Event, list[float]]:
     """A thread that waits for ``fit`` to lock ``folder`` (``folder/.lock``, taken before the
     first step, after the data are read and the program built), then sends this process
@@ -105,7 +95,7 @@ def train_ours(args: argparse.Namespace) -> dict:
     """Our row trained from scratch until ``--seconds`` after its trainer started; its
     metrics."""
     folder = Path(args.out) / args.ours
-    if (done := _done(folder, args)) is not None:
+    if (done := mnist._finished(folder, seconds_budget=args.seconds)) is not None:
         return done
     shutil.rmtree(folder, ignore_errors=True)  # so that the lock marks this run's start
     cancel, started = _alarm_once_training(folder, args.seconds)
@@ -133,7 +123,7 @@ def train_ours(args: argparse.Namespace) -> dict:
 def train_peer(args: argparse.Namespace) -> dict:
     """The peer trained from scratch until the first epoch end after ``--seconds``."""
     folder = Path(args.out) / args.peer
-    if (done := _done(folder, args)) is not None:
+    if (done := mnist._finished(folder, seconds_budget=args.seconds)) is not None:
         return done
     (folder / "metrics.json").unlink(missing_ok=True)  # another budget's: train again
     metrics = mnist.train_peer(args.peer, args)
